@@ -1,0 +1,64 @@
+"""Baseline test-time adaptation methods on the same machinery as GraTa.
+
+Each is an :class:`~grata_monai.inferer.AdaptiveInferer`: same private network copy, norm-layer
+handling, patch sampling, per-volume statistics and sliding-window inference; only the
+adaptation step differs. Source-only inference is MONAI's plain ``SlidingWindowInferer``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from grata_monai.alignment import StepRecord
+from grata_monai.inferer import AdaptiveInferer, Episode
+from grata_monai.losses import EPS, entropy, probabilities, strong_augmentation
+
+__all__ = ["NormStatsInferer", "TentInferer", "MemoInferer"]
+
+
+class NormStatsInferer(AdaptiveInferer):
+    """Norm-statistics adaptation: no gradient step, only per-volume normalization statistics."""
+
+    method = "norm_stats"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["steps"] = 0
+        super().__init__(*args, **kwargs)
+
+
+class TentInferer(AdaptiveInferer):
+    """TENT (Wang et al., ICLR 2021): minimise the prediction entropy over the norm affine parameters."""
+
+    method = "tent"
+
+    def __init__(self, *args: Any, sigmoid: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sigmoid = sigmoid
+
+    def adapt_step(self, episode: Episode, x: torch.Tensor) -> StepRecord:
+        return self.descend(episode, entropy(episode.network(x), self.sigmoid))
+
+
+class MemoInferer(AdaptiveInferer):
+    """MEMO (Zhang et al., NeurIPS 2022): minimise the entropy of the prediction averaged over
+    ``n_aug`` strong augmentations of the patches (adapting the norm affine parameters)."""
+
+    method = "memo"
+
+    def __init__(self, *args: Any, n_aug: int = 4, sigmoid: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if n_aug < 1:
+            raise ValueError(f"n_aug must be >= 1, got {n_aug}.")
+        self.n_aug, self.sigmoid = n_aug, sigmoid
+
+    def adapt_step(self, episode: Episode, x: torch.Tensor) -> StepRecord:
+        augment = episode.state.get("augment")
+        if augment is None:
+            augment = episode.state["augment"] = strong_augmentation()
+            augment.set_random_state(state=episode.rng)
+        views = torch.cat([torch.stack([torch.as_tensor(augment(img)) for img in x]) for _ in range(self.n_aug)])
+        probs = probabilities(episode.network(views.to(x.dtype)).float(), self.sigmoid)
+        marginal = probs.reshape(self.n_aug, *x.shape[:1], *probs.shape[1:]).mean(dim=0)
+        return self.descend(episode, -(marginal * torch.log(marginal + EPS)).sum(dim=1).mean())

@@ -1,0 +1,129 @@
+"""Normalization-layer handling: find, configure, collect and settle the adapted norm layers.
+
+Works on eager ``nn.Module`` networks and on TorchScript modules, where norm layers are not
+instances of ``nn.BatchNorm3d`` etc. and are recognised by their ``original_name``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+__all__ = [
+    "NORM_TYPES",
+    "norm_type",
+    "find_norm_layers",
+    "configure_model",
+    "collect_params",
+    "settle_batch_norm_statistics",
+]
+
+NORM_TYPES = (
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "SyncBatchNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "GroupNorm",
+)
+
+
+def norm_type(module: nn.Module) -> str | None:
+    """Return the class name of a normalization layer (eager or scripted), else None."""
+    name = getattr(module, "original_name", None) or type(module).__name__
+    return name if name in NORM_TYPES else None
+
+
+def _is_batch_norm(module: nn.Module) -> bool:
+    return (norm_type(module) or "").startswith(("BatchNorm", "SyncBatchNorm"))
+
+
+def _affine_params(module: nn.Module) -> list[nn.Parameter]:
+    params = dict(module.named_parameters(recurse=False))
+    return [params[k] for k in ("weight", "bias") if params.get(k) is not None]
+
+
+def find_norm_layers(network: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Return ``(name, module)`` for every normalization layer that has affine parameters."""
+    return [(n, m) for n, m in network.named_modules() if norm_type(m) and _affine_params(m)]
+
+
+def collect_params(network: nn.Module) -> tuple[list[nn.Parameter], list[str]]:
+    """Return the affine weights/biases of the norm layers and their qualified names.
+
+    Raises:
+        ValueError: when the network has no norm layer with affine parameters.
+    """
+    params, names = [], []
+    for layer_name, module in find_norm_layers(network):
+        for pname, p in module.named_parameters(recurse=False):
+            if pname in ("weight", "bias") and p is not None:
+                params.append(p)
+                names.append(f"{layer_name}.{pname}")
+    if not params:
+        raise ValueError(
+            "The network has no normalization layer with affine parameters, so test-time adaptation "
+            "has nothing to adapt. Build it with adaptable norms, e.g. MONAI UNet(norm='batch') or "
+            "norm=('instance', {'affine': True})."
+        )
+    return params, names
+
+
+def configure_model(network: nn.Module) -> list[nn.Parameter]:
+    """Prepare ``network`` (in place) for adaptation and return the adapted parameters.
+
+    All parameters are frozen except the norm layers' affine weight and bias; the network is put in
+    eval mode except its norm layers, which are put in train mode so that they normalize with the
+    statistics of the current test batch.
+    """
+    params, _ = collect_params(network)
+    network.eval()
+    for p in network.parameters():
+        p.requires_grad_(False)
+    for _, module in network.named_modules():
+        if norm_type(module):
+            module.train()
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+@torch.no_grad()
+def settle_batch_norm_statistics(network: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Set every BatchNorm layer's running statistics to the mean of its per-batch statistics.
+
+    Each batch is forwarded with the BatchNorm layers in train mode; a layer's batch statistics
+    are recovered from its running-statistic update (TorchScript makes ``momentum`` a constant, so
+    it cannot be switched to a cumulative average). Afterwards the BatchNorm layers are in eval
+    mode and normalize with the settled statistics, whatever batches inference later uses.
+
+    Returns:
+        the number of batches seen (0 leaves the network's statistics unchanged).
+    """
+    layers = [m for _, m in network.named_modules() if _is_batch_norm(m) and m.running_mean is not None]
+    for m in layers:
+        m.train()
+    sums = [[torch.zeros_like(m.running_mean), torch.zeros_like(m.running_var)] for m in layers]
+    n = 0
+    for batch in batches:
+        for m in layers:
+            m.running_mean.zero_()
+            m.running_var.zero_()
+            m.num_batches_tracked.zero_()
+        network(batch)
+        for m, acc in zip(layers, sums):
+            factor = 1.0 if m.momentum is None else float(m.momentum)
+            acc[0] += m.running_mean / factor
+            acc[1] += m.running_var / factor
+        n += 1
+    for m, (mean_sum, var_sum) in zip(layers, sums):
+        if n:
+            m.running_mean.copy_(mean_sum / n)
+            m.running_var.copy_(var_sum / n)
+            m.num_batches_tracked.fill_(n)
+        m.eval()
+    return n

@@ -1,0 +1,200 @@
+"""GraTaInferer: host network untouched, determinism, sw_batch_size invariance, hosts' calling conventions."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from grata_monai import GraTaInferer
+from grata_monai.norms import find_norm_layers
+from tests.conftest import tiny_unet
+
+ROI = (16, 16, 16)
+
+
+def grata(**kwargs) -> GraTaInferer:
+    settings = {"sw_batch_size": 2, "steps": 2, "patches_per_step": 2, "lr0": 1e-2, "seed": 0} | kwargs
+    return GraTaInferer(ROI, **settings)
+
+
+def snapshot(net):
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    modes = {n: m.training for n, m in net.named_modules()}
+    grads = {n: p.requires_grad for n, p in net.named_parameters()}
+    return state, modes, grads
+
+
+def assert_same(net, snap):
+    state, modes, grads = snap
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert {n: m.training for n, m in net.named_modules()} == modes
+    assert {n: p.requires_grad for n, p in net.named_parameters()} == grads
+
+
+def test_output_shape_like_sliding_window(unet, volume):
+    with torch.no_grad():
+        out = grata()(volume, unet)
+        ref = SlidingWindowInferer(ROI, 2)(volume, unet)
+    assert out.shape == ref.shape == (1, 3, *volume.shape[2:])
+    assert torch.isfinite(out).all()
+
+
+def test_host_network_untouched_and_episodic_is_deterministic(unet, volume):
+    snap = snapshot(unet)
+    inferer = grata()
+    other = torch.rand_like(volume)
+    with torch.no_grad():
+        first = inferer(volume, unet)
+        inferer(other, unet)  # a different patient in between
+        again = inferer(volume, unet)
+    assert torch.equal(first, again)
+    assert_same(unet, snap)
+
+
+def test_adaptation_changes_the_output(unet, volume):
+    with torch.no_grad():
+        adapted = grata(steps=3, lr0=0.1)(volume, unet)
+        stats_only = grata(steps=0)(volume, unet)
+    assert not torch.allclose(adapted, stats_only)
+
+
+def test_sw_batch_size_does_not_change_the_output(unet, volume):
+    with torch.no_grad():
+        one = grata(sw_batch_size=1)(volume, unet)
+        four = grata(sw_batch_size=4)(volume, unet)
+    torch.testing.assert_close(one, four, rtol=1e-4, atol=1e-4)
+
+
+def test_runs_under_no_grad_and_refuses_inference_mode(unet, volume):
+    with torch.no_grad():
+        grata()(volume, unet)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="no_grad"):
+        grata()(volume, unet)
+
+
+def test_torchscript_network_adapts(unet, volume):
+    scripted = torch.jit.script(unet)
+    snap = snapshot(scripted)
+    inferer = grata(episodic=False, steps=2, lr0=0.1)
+    with torch.no_grad():
+        out_scripted = inferer(volume, scripted)
+    adapted = inferer._episode.network
+    moved = [
+        not torch.equal(m.weight, dict(scripted.named_modules())[n].weight) for n, m in find_norm_layers(adapted)
+    ]
+    assert any(moved), "no norm weight of the TorchScript network was adapted"
+    assert_same(scripted, snap)
+    with torch.no_grad():
+        out_eager = grata(episodic=False, steps=2, lr0=0.1)(volume, unet)
+    torch.testing.assert_close(out_scripted, out_eager, rtol=1e-4, atol=1e-4)
+
+
+def test_accepts_predictor_wrapper_and_keyword_call(unet, volume):
+    class TorchScriptModel:  # the shape of MONAI Deploy's wrapper
+        predictor = unet
+
+    with torch.no_grad():
+        out = grata()(inputs=volume, network=TorchScriptModel())
+        ref = grata()(volume, unet)
+    assert torch.equal(out, ref)
+
+
+def test_continual_keeps_adapting_until_reset(unet, volume):
+    inferer = grata(episodic=False)
+    with torch.no_grad():
+        first = inferer(volume, unet)
+        second = inferer(volume, unet)
+        inferer.reset()
+        after_reset = inferer(volume, unet)
+    assert not torch.equal(first, second)
+    assert torch.equal(first, after_reset)
+
+
+def test_batch_of_volumes_is_adapted_per_volume(unet, volume):
+    other = torch.rand_like(volume)
+    inferer = grata()
+    with torch.no_grad():
+        both = inferer(torch.cat([volume, other]), unet)
+        alone = inferer(other, unet)
+    assert both.shape[0] == 2
+    assert torch.equal(both[1:], alone)
+
+
+def test_threads_share_one_network(unet, volume):
+    volumes = [volume * s for s in (1.0, 0.5, 2.0, 0.8)]
+    inferer = grata()
+    with torch.no_grad():
+        serial = [inferer(v, unet) for v in volumes]
+    snap = snapshot(unet)
+    results = [None] * len(volumes)
+
+    def work(i):
+        with torch.no_grad():
+            results[i] = inferer(volumes[i], unet)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(volumes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, serial):
+        assert torch.equal(got, want)
+    assert_same(unet, snap)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (torch.rand(1, 40, 36, 20), "spatial dims"),
+        (torch.full((1, 1, 20, 20, 20), float("nan")), "NaN or Inf"),
+    ],
+)
+def test_bad_inputs_are_clear_errors(unet, bad, message):
+    with torch.no_grad(), pytest.raises(ValueError, match=message):
+        grata()(bad, unet)
+
+
+def test_no_affine_network_is_an_error(volume):
+    with torch.no_grad(), pytest.raises(ValueError, match="nothing to adapt"):
+        grata()(volume, tiny_unet("instance"))
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="optimizer"):
+        GraTaInferer(ROI, optimizer="lbfgs")
+    with pytest.raises(ValueError, match="norm_stats"):
+        GraTaInferer(ROI, norm_stats="batch")
+    with pytest.raises(ValueError, match="weak"):
+        GraTaInferer(ROI, weak_transforms=("flip9",))
+
+
+def test_volume_smaller_than_roi(unet):
+    small = torch.rand(1, 1, 10, 12, 8)
+    with torch.no_grad():
+        out = grata()(small, unet)
+    assert out.shape == (1, 3, 10, 12, 8) and torch.isfinite(out).all()
+
+
+def test_report_records_each_step(unet, volume):
+    inferer = grata(steps=3)
+    with torch.no_grad():
+        inferer(volume, unet)
+    report = inferer.last_report
+    assert len(report.steps) == 3
+    for step in report.steps:
+        assert -1.0 <= step["cosine"] <= 1.0
+        assert step["lr"] == pytest.approx(1e-2 * (step["cosine"] + 1) ** 2 / 4)
+    assert 0 < report.adapt_seconds <= report.total_seconds
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(unet, volume):
+    with torch.no_grad():
+        cpu = grata()(volume, unet)
+        gpu = grata()(volume.cuda(), unet.cuda())
+    assert gpu.is_cuda
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-2, atol=1e-2)
