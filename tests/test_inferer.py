@@ -198,3 +198,37 @@ def test_cuda_matches_cpu(unet, volume):
         gpu = grata()(volume.cuda(), unet.cuda())
     assert gpu.is_cuda
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-2, atol=1e-2)
+
+
+def test_real_mr_volume_smoke():
+    """One real CHAOS T2 MR volume, with the bundle's trained weights when present."""
+    from pathlib import Path
+
+    from monai.networks.nets import UNet
+    from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation, ScaleIntensityRangePercentiles, Spacing
+
+    from tests.conftest import abdomen_dir
+
+    image = abdomen_dir() / "mr" / "mr_01_image.nii.gz"
+    load = Compose(
+        [
+            LoadImage(image_only=True),
+            EnsureChannelFirst(),
+            Orientation("RAS"),
+            Spacing((2.0, 2.0, 4.0)),
+            ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 1.0, clip=True),
+        ]
+    )
+    x = torch.as_tensor(load(str(image)))[None]
+    net = UNet(3, 1, 5, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2, norm="batch").eval()
+    weights = Path(__file__).resolve().parents[1] / "bundle" / "models" / "model.pt"
+    if weights.is_file():
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    inferer = GraTaInferer((96, 96, 48), sw_batch_size=4, steps=1, patches_per_step=2)
+    with torch.no_grad():
+        out = inferer(x, net)
+    assert out.shape == (1, 5, *x.shape[2:])
+    assert torch.isfinite(out).all()
+    labels = out.argmax(1).unique()
+    assert set(labels.tolist()) <= set(range(5))
