@@ -1,0 +1,257 @@
+"""Benchmark: every method on one labelled datalist, with one source model, in one process.
+
+Volumes are preprocessed once with the bundle's own deterministic preprocessing, then each
+method (source-only, norm statistics, TENT, MEMO, GraTa and its ablations) segments every
+volume in order (continual methods see the stream in that order). Dice per organ is measured
+with MONAI's ``DiceMetric`` on the preprocessed grid; time and peak GPU memory are measured
+per volume, with a warm-up pass first.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+from monai.data import load_decathlon_datalist
+from monai.inferers import Inferer, SlidingWindowInferer
+from monai.metrics import DiceMetric
+from monai.networks.utils import one_hot
+from tqdm import tqdm
+
+from grata_monai.baselines import MemoInferer, NormStatsInferer, TentInferer
+from grata_monai.inferer import GraTaInferer
+
+__all__ = ["METHODS", "load_bundle", "make_inferer", "prepare", "evaluate", "run_benchmark"]
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("source", "norm_stats", "tent", "memo", "grata", "grata_no_align", "grata_fixed_lr")
+
+
+def load_bundle(bundle_dir: str | Path, device: torch.device) -> tuple[torch.nn.Module, Any, dict]:
+    """The bundle's network (with ``models/model.pt``), labelled preprocessing and settings."""
+    bundle_dir = Path(bundle_dir)
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir / "configs" / "train.json"))
+    parser["bundle_root"] = str(bundle_dir)
+    network = parser.get_parsed_content("network_def", instantiate=True)
+    state = torch.load(bundle_dir / "models" / "model.pt", map_location="cpu", weights_only=True)
+    network.load_state_dict(state.get("model", state))
+    preprocessing = parser.get_parsed_content("validate#preprocessing", instantiate=True)
+    return network.to(device).eval(), preprocessing, {"roi_size": list(parser["roi_size"])}
+
+
+def make_inferer(method: str, roi_size, sw_batch_size: int = 4, overlap: float = 0.25, **adapt: Any) -> Inferer:
+    """The inferer of ``method`` with shared sliding-window and adaptation settings."""
+    if method == "source":
+        return SlidingWindowInferer(roi_size, sw_batch_size, overlap)
+    weak = adapt.pop("weak_transforms", None)
+    grata_only = {"perturb_scale": adapt.pop("perturb_scale", 1.0), **({"weak_transforms": weak} if weak else {})}
+    classes = {"norm_stats": NormStatsInferer, "tent": TentInferer, "memo": MemoInferer}
+    if method in classes:
+        return classes[method](roi_size, sw_batch_size, overlap, **adapt)
+    ablations = {
+        "grata": {},
+        "grata_no_align": {"align": False, "dynamic_lr": False},
+        "grata_fixed_lr": {"dynamic_lr": False},
+    }
+    if method not in ablations:
+        raise ValueError(f"Unknown method {method!r}; choose from {METHODS}.")
+    return GraTaInferer(roi_size, sw_batch_size, overlap, **adapt, **grata_only, **ablations[method])
+
+
+def prepare(data_dir: str | Path, key: str, preprocessing, limit: int | None = None) -> list[dict]:
+    """Load and preprocess the ``key`` split of ``data_dir/datalist.json`` (image, label, name, seconds)."""
+    items = load_decathlon_datalist(str(Path(data_dir) / "datalist.json"), True, key, base_dir=str(data_dir))
+    volumes = []
+    for item in tqdm(items[:limit], desc=f"load {key}", leave=False):
+        start = time.perf_counter()
+        data = preprocessing(dict(item))
+        volumes.append(
+            {
+                "name": Path(item["image"]).name.split(".")[0],
+                "image": torch.as_tensor(data["image"])[None],
+                "label": torch.as_tensor(data["label"])[None],
+                "preprocess_s": time.perf_counter() - start,
+            }
+        )
+    return volumes
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def evaluate(inferer: Inferer, network: torch.nn.Module, volumes: list[dict], device: torch.device) -> list[dict]:
+    """Segment each volume; return per-volume Dice per class, times and peak GPU memory."""
+    num_classes = None
+    rows = []
+    for vol in tqdm(volumes, desc=getattr(inferer, "method", "source"), leave=False):
+        image = vol["image"].to(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            logits = inferer(image, network)
+            pred = logits.argmax(1, keepdim=True)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        num_classes = logits.shape[1]
+        label = vol["label"].to(device).long()
+        dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)(
+            one_hot(pred, num_classes), one_hot(label, num_classes)
+        )[0]
+        report = getattr(inferer, "last_report", None)
+        rows.append(
+            {
+                "volume": vol["name"],
+                "dice": [float(d) for d in dice.cpu()],
+                "adapt_s": report.adapt_seconds if report else 0.0,
+                "infer_s": seconds,
+                "end_to_end_s": seconds + vol["preprocess_s"],
+                "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            }
+        )
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Mean Dice per class (NaN-aware), mean over classes, and mean times."""
+    per_class = torch.tensor([r["dice"] for r in rows])
+    class_mean = torch.nanmean(per_class, dim=0)
+    return {
+        "dice_per_class": [float(d) for d in class_mean],
+        "dice_mean": float(torch.nanmean(class_mean)),
+        "adapt_s": sum(r["adapt_s"] for r in rows) / len(rows),
+        "infer_s": sum(r["infer_s"] for r in rows) / len(rows),
+        "end_to_end_s": sum(r["end_to_end_s"] for r in rows) / len(rows),
+        "peak_gpu_mib": max((r["peak_gpu_mib"] or 0.0) for r in rows) or None,
+    }
+
+
+def _git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'cpu'})"
+
+
+def run_benchmark(
+    data_dir: str = str(REPO.parent / "shared" / "data" / "abdomen"),
+    key: str = "mr_test",
+    bundle_dir: str = str(REPO / "bundle"),
+    out: str = str(REPO / "docs" / "benchmarks" / "results.json"),
+    methods: str | tuple = METHODS,
+    limit: int | None = None,
+    device: str | None = None,
+    sw_batch_size: int = 4,
+    overlap: float = 0.25,
+    steps: int = 10,
+    patches_per_step: int = 4,
+    lr0: float = 1e-3,
+    episodic: bool = True,
+    perturb_scale: float = 1.0,
+    weak_transforms: str | tuple | None = None,
+    amp: bool = False,
+    seed: int = 0,
+) -> dict:
+    """Run ``methods`` on the ``key`` split of ``data_dir`` and write a results JSON to ``out``.
+
+    Args:
+        data_dir: folder holding ``datalist.json`` (the abdomen set, or its compact cache).
+        key: the datalist split to run on.
+        bundle_dir: the bundle whose network, weights and preprocessing are used.
+        out: the results file (overwritten: it is this command's own output).
+        methods: comma-separated or tuple of names from ``METHODS``.
+        limit: only the first ``limit`` volumes.
+        device: ``"cuda"``/``"cpu"``; CUDA when available by default.
+        sw_batch_size, overlap: sliding-window settings of every method.
+        steps, patches_per_step, lr0, episodic, perturb_scale, weak_transforms, amp, seed:
+            adaptation settings shared by the adaptive methods.
+    """
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    methods = tuple(methods.split(",")) if isinstance(methods, str) else tuple(methods)
+    if isinstance(weak_transforms, str):
+        weak_transforms = tuple(w for w in weak_transforms.split(",") if w)
+    network, preprocessing, bundle = load_bundle(bundle_dir, dev)
+    volumes = prepare(data_dir, key, preprocessing, limit)
+    adapt = {"steps": steps, "patches_per_step": patches_per_step, "lr0": lr0, "episodic": episodic, "amp": amp}
+    adapt |= {"seed": seed, "perturb_scale": perturb_scale, "weak_transforms": weak_transforms}
+    results = {
+        "device": device_name(dev),
+        "git_revision": _git_revision(),
+        "data": {"data_dir": str(data_dir), "key": key, "volumes": [v["name"] for v in volumes]},
+        "settings": {"sw_batch_size": sw_batch_size, "overlap": overlap, **bundle, **adapt},
+        "methods": {},
+    }
+    for method in tqdm(methods, desc="methods"):
+        inferer = make_inferer(method, bundle["roi_size"], sw_batch_size, overlap, **dict(adapt))
+        evaluate(inferer, network, volumes[:1], dev)  # warm-up (cudnn autotuning, allocator)
+        if hasattr(inferer, "reset"):
+            inferer.reset()
+        rows = evaluate(inferer, network, volumes, dev)
+        results["methods"][method] = {"summary": summarize(rows), "volumes": rows}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(results, indent=1))
+    return results
+
+
+SWEEP_BASE = {"steps": 10, "patches_per_step": 4, "lr0": 1e-3, "episodic": True, "perturb_scale": 1.0}
+SWEEP_AXES = {
+    "lr0": (1e-4, 1e-2),
+    "steps": (1, 3, 20),
+    "patches_per_step": (2, 8),
+    "perturb_scale": (0.1,),
+    "episodic": (False,),
+    "weak_transforms": (("flip1", "flip2"),),
+}
+
+
+def run_sweep(
+    data_dir: str = str(REPO.parent / "shared" / "data" / "abdomen"),
+    key: str = "mr_test",
+    dev_volumes: int = 4,
+    bundle_dir: str = str(REPO / "bundle"),
+    out: str = str(REPO / "docs" / "benchmarks" / "sweep.json"),
+    methods: str | tuple = ("grata", "tent"),
+    device: str | None = None,
+    amp: bool = False,
+    seed: int = 0,
+    base: dict | None = None,
+    axes: dict | None = None,
+) -> dict:
+    """Vary one GraTa/TENT setting at a time around ``base`` (default ``SWEEP_BASE``) over ``axes``
+    (default ``SWEEP_AXES``) on the first ``dev_volumes`` volumes of ``key``; record the mean Dice of
+    each configuration; the best row per method is the chosen default."""
+    base = dict(SWEEP_BASE if base is None else base)
+    axes = SWEEP_AXES if axes is None else axes
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    methods = tuple(methods.split(",")) if isinstance(methods, str) else tuple(methods)
+    network, preprocessing, bundle = load_bundle(bundle_dir, dev)
+    volumes = prepare(data_dir, key, preprocessing, dev_volumes)
+    configs = [base] + [base | {axis: v} for axis, values in axes.items() for v in values]
+    rows = []
+    for method in methods:
+        for config in tqdm(configs, desc=f"sweep {method}"):
+            inferer = make_inferer(method, bundle["roi_size"], 4, 0.25, amp=amp, seed=seed, **config)
+            summary = summarize(evaluate(inferer, network, volumes, dev))
+            rows.append({"method": method, **config, "dice_mean": summary["dice_mean"], "infer_s": summary["infer_s"]})
+    best = {m: max((r for r in rows if r["method"] == m), key=lambda r: r["dice_mean"]) for m in methods}
+    result = {"device": device_name(dev), "git_revision": _git_revision(), "dev_volumes": [v["name"] for v in volumes]}
+    result |= {"rows": rows, "best": best}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=1))
+    return result
