@@ -117,6 +117,7 @@ def evaluate(inferer: Inferer, network: torch.nn.Module, volumes: list[dict], de
                 "infer_s": seconds,
                 "end_to_end_s": seconds + vol["preprocess_s"],
                 "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+                "guard": report.guard if report else None,
             }
         )
     return rows
@@ -133,6 +134,7 @@ def summarize(rows: list[dict]) -> dict:
         "infer_s": sum(r["infer_s"] for r in rows) / len(rows),
         "end_to_end_s": sum(r["end_to_end_s"] for r in rows) / len(rows),
         "peak_gpu_mib": max((r["peak_gpu_mib"] or 0.0) for r in rows) or None,
+        "guard_fired": sum(r["guard"] is not None for r in rows),
     }
 
 

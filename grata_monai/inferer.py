@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import threading
 import time
 from collections.abc import Sequence
@@ -25,10 +26,11 @@ from monai.transforms.utils import map_binary_to_indices
 from torch import nn
 
 from grata_monai.alignment import StepRecord, grata_step
+from grata_monai.guard import DivergenceGuard, measure
 from grata_monai.losses import WEAK_TRANSFORMS, ConsistencyLoss, EntropyLoss
 from grata_monai.norms import configure_model, settle_batch_norm_statistics
 
-__all__ = ["VolumeReport", "Episode", "AdaptiveInferer", "GraTaInferer", "unwrap_network"]
+__all__ = ["VolumeReport", "Episode", "AdaptiveInferer", "GraTaInferer", "unwrap_network", "checksum"]
 
 
 def unwrap_network(network: Any) -> nn.Module:
@@ -40,15 +42,28 @@ def unwrap_network(network: Any) -> nn.Module:
     return network
 
 
+def checksum(network: nn.Module) -> str:
+    """SHA-256 of the network's parameters and buffers (names, dtypes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 @dataclass
 class VolumeReport:
-    """What the inferer did for one volume (the audit record)."""
+    """What the inferer did for one volume (the audit record; see docs/reliability.md)."""
 
     method: str
+    settings: dict = field(default_factory=dict)
     steps: list[dict] = field(default_factory=list)
+    guard: str | None = None
     adapt_seconds: float = 0.0
     total_seconds: float = 0.0
     device: str = ""
+    source_sha256: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +104,10 @@ class AdaptiveInferer(Inferer):
         norm_stats: ``"volume"`` settles BatchNorm statistics once per volume (from non-overlapping
             windows) so outputs do not depend on ``sw_batch_size``; ``"source"`` keeps the source
             model's running statistics at inference.
+        guard: check the adaptation on held-out patches (:mod:`grata_monai.guard`) and fall back
+            to the unadapted weights for the volume when it diverged or got worse (continual mode:
+            reset to the source weights). The reason is in the volume's report.
+        guard_entropy_tolerance, guard_volume_ratio: the guard's thresholds.
     """
 
     method = "adaptive"
@@ -115,6 +134,9 @@ class AdaptiveInferer(Inferer):
         seed: int = 0,
         foreground_threshold: float = 0.1,
         norm_stats: str = "volume",
+        guard: bool = True,
+        guard_entropy_tolerance: float = 0.1,
+        guard_volume_ratio: float = 0.5,
     ) -> None:
         super().__init__()
         if optimizer not in ("adam", "sgd"):
@@ -130,6 +152,7 @@ class AdaptiveInferer(Inferer):
         self.steps, self.patches_per_step, self.lr0 = steps, patches_per_step, lr0
         self.optimizer, self.episodic, self.amp, self.seed = optimizer, episodic, amp, seed
         self.foreground_threshold, self.norm_stats = foreground_threshold, norm_stats
+        self.guard = DivergenceGuard(guard_entropy_tolerance, guard_volume_ratio) if guard else None
         self._episode: Episode | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -152,7 +175,7 @@ class AdaptiveInferer(Inferer):
     def settings(self) -> dict:
         """The method's settings, for reports."""
         keys = ("roi_size", "steps", "patches_per_step", "lr0", "optimizer", "episodic", "amp", "seed", "norm_stats")
-        return {"method": self.method, **{k: getattr(self, k) for k in keys}}
+        return {"method": self.method, **{k: getattr(self, k) for k in keys}, "guard": self.guard is not None}
 
     # --- the shared machinery ------------------------------------------------------------------
     @property
@@ -225,18 +248,37 @@ class AdaptiveInferer(Inferer):
             self._episode = self._new_episode(source, device)
         return self._episode
 
+    def _adapt(self, episode: Episode, volume: torch.Tensor, device: torch.device, report: VolumeReport) -> Episode:
+        """Run the adaptation steps; return the episode to infer with (the guard may replace it)."""
+        if self.guard is not None and self.steps > 0:
+            heldout = self.sample_patches(episode, volume).to(device)
+            theta0 = [p.detach().clone() for p in episode.params]
+            before = measure(episode.network, heldout)
+        for _ in range(self.steps):
+            record = self.adapt_step(episode, self.sample_patches(episode, volume).to(device))
+            if record is not None:
+                report.steps.append(asdict(record))
+        if self.guard is None or self.steps == 0:
+            return episode
+        after = measure(episode.network, heldout)
+        report.guard = self.guard.check(before, after, episode.params, [s["aux_loss"] for s in report.steps])
+        if report.guard is None:
+            return episode
+        if not self.episodic:
+            self._episode = self._new_episode(episode.source, device)
+            return self._episode
+        with torch.no_grad():
+            torch._foreach_copy_(episode.params, theta0)
+        return episode
+
     def _infer_volume(self, batch: torch.Tensor, source: nn.Module, device: torch.device) -> torch.Tensor:
         """Adapt to the single volume of ``batch`` (1, C, *spatial) and return its logits."""
         volume = torch.as_tensor(batch[0])
+        report = VolumeReport(self.method, self.settings(), device=str(device), source_sha256=checksum(source))
         start = time.perf_counter()
-        report = VolumeReport(self.method, device=str(device))
         episode = self._episode_for(source, device)
         with torch.enable_grad(), self._autocast(device):
-            for _ in range(self.steps):
-                patches = self.sample_patches(episode, volume).to(device)
-                record = self.adapt_step(episode, patches)
-                if record is not None:
-                    report.steps.append(asdict(record))
+            episode = self._adapt(episode, volume, device, report)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         report.adapt_seconds = time.perf_counter() - start
@@ -244,6 +286,8 @@ class AdaptiveInferer(Inferer):
             if self.norm_stats == "volume":
                 settle_batch_norm_statistics(episode.network, self._windows(volume, device))
             else:
+                for mine, theirs in zip(episode.network.buffers(), source.buffers()):
+                    mine.copy_(theirs)  # adaptation forwards updated them; keep the source statistics
                 episode.network.eval()
             logits = self.sliding(batch, episode.network)
         if device.type == "cuda":

@@ -19,7 +19,7 @@ def method_table(results: dict) -> str:
     """Markdown table: Dice per organ and mean, time per volume and ratios to plain inference, memory."""
     methods = results["methods"]
     base = methods.get("source", {}).get("summary")
-    head = "| method | mean Dice | " + " | ".join(ORGANS) + " | adapt ms | infer ms | infer ×plain | end-to-end ×plain | peak GPU MiB |"
+    head = "| method | mean Dice | " + " | ".join(ORGANS) + " | adapt ms | infer ms | infer ×plain | end-to-end ×plain | peak GPU MiB | guard fired |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, entry in methods.items():
         s = entry["summary"]
@@ -29,7 +29,7 @@ def method_table(results: dict) -> str:
         organs = " | ".join(_pct(d) for d in s["dice_per_class"])
         lines.append(
             f"| {name} | **{_pct(s['dice_mean'])}** | {organs} | {1000 * s['adapt_s']:.0f} | "
-            f"{1000 * s['infer_s']:.0f} | {ratio} | {e2e} | {mem} |"
+            f"{1000 * s['infer_s']:.0f} | {ratio} | {e2e} | {mem} | {s.get('guard_fired', 0)} |"
         )
     return "\n".join(lines)
 

@@ -27,7 +27,7 @@ def results():
 
 def test_method_table_ratios_and_dice():
     table = method_table(results())
-    assert "| grata | **62.5** | 62.5 | 62.5 | 62.5 | 62.5 | 0 | 2000 | 2.00 | 1.50 | — |" in table
+    assert "| grata | **62.5** | 62.5 | 62.5 | 62.5 | 62.5 | 0 | 2000 | 2.00 | 1.50 | — | 0 |" in table
 
 
 def test_worse_volumes_lists_only_drops_beyond_tolerance():

@@ -1,0 +1,68 @@
+"""Divergence guard: decide from self-supervised signals whether an adaptation made things worse.
+
+The rule, on held-out patches of the volume (sampled before adapting, never trained on), with
+the norm layers using those patches' statistics both times:
+
+- any non-finite loss or adapted parameter -> diverged;
+- mean prediction entropy rose by more than ``entropy_tolerance`` (relative) -> worse;
+- the predicted volume of a class (voxel fraction; the background excluded, as is a class the
+  unadapted network gives under ``min_fraction`` of the voxels) shrank below ``volume_ratio``
+  times, or grew beyond ``1 / volume_ratio`` times, what the unadapted network predicts ->
+  collapsed / exploded; a class absent before that takes over ``min_fraction`` appears.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from grata_monai.losses import entropy
+
+__all__ = ["Signals", "measure", "DivergenceGuard"]
+
+
+@dataclass
+class Signals:
+    """Self-supervised signals of a network on fixed patches."""
+
+    entropy: float
+    volumes: list[float]  # fraction of the voxels predicted as each class (background first)
+
+
+@torch.no_grad()
+def measure(network: nn.Module, patches: torch.Tensor, sigmoid: bool = False) -> Signals:
+    """Entropy and predicted per-class voxel fractions of ``network`` on ``patches``."""
+    logits = network(patches).float()
+    if sigmoid:
+        volumes = (logits > 0).float().mean(dim=(0, *range(2, logits.ndim)))
+    else:
+        volumes = torch.bincount(logits.argmax(1).flatten(), minlength=logits.shape[1]) / logits[:, 0].numel()
+    return Signals(entropy(logits, sigmoid).item(), volumes.tolist())
+
+
+@dataclass
+class DivergenceGuard:
+    """The rule above. ``check`` returns the reason the guard fires, or None."""
+
+    entropy_tolerance: float = 0.1
+    volume_ratio: float = 0.5
+    min_fraction: float = 0.005
+
+    def check(self, before: Signals, after: Signals, params: Sequence[torch.Tensor], losses: Sequence[float]) -> str | None:
+        if not all(math.isfinite(v) for v in losses) or not all(bool(torch.isfinite(p).all()) for p in params):
+            return "non-finite loss or parameter during adaptation"
+        if not math.isfinite(after.entropy):
+            return "non-finite prediction after adaptation"
+        if after.entropy > before.entropy * (1 + self.entropy_tolerance):
+            return f"entropy on held-out patches rose from {before.entropy:.4f} to {after.entropy:.4f}"
+        for c, (v0, v1) in enumerate(zip(before.volumes, after.volumes)):
+            if c == 0 and len(before.volumes) > 1:
+                continue
+            grown = v0 < self.min_fraction <= v1
+            if grown or (v0 >= self.min_fraction and not self.volume_ratio * v0 <= v1 <= v0 / self.volume_ratio):
+                return f"predicted volume of class {c} changed from {v0:.4f} to {v1:.4f} of the voxels"
+        return None
