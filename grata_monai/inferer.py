@@ -33,6 +33,10 @@ from grata_monai.norms import configure_model, settle_batch_norm_statistics
 __all__ = ["VolumeReport", "Episode", "AdaptiveInferer", "GraTaInferer", "unwrap_network", "checksum"]
 
 
+def _layer_name(module: nn.Module) -> str:
+    return getattr(module, "original_name", None) or type(module).__name__
+
+
 def unwrap_network(network: Any) -> nn.Module:
     """Return the ``nn.Module`` behind ``network`` (MONAI Deploy passes a wrapper with ``.predictor``)."""
     if not isinstance(network, nn.Module) and isinstance(getattr(network, "predictor", None), nn.Module):
@@ -218,7 +222,8 @@ class AdaptiveInferer(Inferer):
     def _autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp and device.type == "cuda")
 
-    def _check(self, inputs: torch.Tensor) -> None:
+    def _check(self, inputs: torch.Tensor, network: nn.Module) -> torch.Tensor:
+        """Validate ``inputs`` for ``network``; return them in the network's floating dtype."""
         if torch.is_inference_mode_enabled():
             raise RuntimeError(
                 f"{type(self).__name__} adapts with gradients: call it under torch.no_grad(), "
@@ -230,8 +235,18 @@ class AdaptiveInferer(Inferer):
                 f"inputs must be a batch shaped (B, C, *spatial) with {len(self.roi_size)} spatial dims "
                 f"to match roi_size {self.roi_size}; got {shape}."
             )
+        if min(inputs.shape) == 0:
+            raise ValueError(f"inputs are empty: shape {tuple(inputs.shape)}.")
+        conv = next((m for m in network.modules() if _layer_name(m) in ("Conv1d", "Conv2d", "Conv3d")), None)
+        if conv is not None:
+            expected = conv.weight.shape[1] * conv.groups
+            if inputs.shape[1] != expected:
+                raise ValueError(f"inputs have {inputs.shape[1]} channel(s); the network expects {expected}.")
+        dtype = next((p.dtype for p in network.parameters()), torch.float32)
+        inputs = inputs.to(dtype)  # integer or other-precision images are cast (documented)
         if not torch.isfinite(inputs).all():
             raise ValueError("inputs contain NaN or Inf voxels; clean or mask them before inference.")
+        return inputs
 
     def _adapt_device(self, inputs: torch.Tensor, network: nn.Module) -> torch.device:
         if self.sliding.sw_device is not None:
@@ -298,8 +313,8 @@ class AdaptiveInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Adapt to each volume of the batch ``inputs`` and return its sliding-window logits."""
-        self._check(inputs)
         source = unwrap_network(network)
+        inputs = self._check(inputs, source)
         device = self._adapt_device(inputs, source)
         with contextlib.nullcontext() if self.episodic else self._lock:
             if len(inputs) == 1:

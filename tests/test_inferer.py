@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from monai.inferers import SlidingWindowInferer
 
@@ -232,3 +234,45 @@ def test_real_mr_volume_smoke():
     assert torch.isfinite(out).all()
     labels = out.argmax(1).unique()
     assert set(labels.tolist()) <= set(range(5))
+
+
+@pytest.mark.parametrize("scripted", [False, True])
+def test_wrong_channel_count_is_a_clear_error(unet, scripted):
+    net = torch.jit.script(unet) if scripted else unet
+    with torch.no_grad(), pytest.raises(ValueError, match="2 channel"):
+        grata()(torch.rand(1, 2, 20, 20, 20), net)
+
+
+@pytest.mark.parametrize("fill", [0.0, 7.0])
+def test_constant_volume_gives_a_finite_result(unet, fill):
+    with torch.no_grad():
+        out = grata()(torch.full((1, 1, 20, 20, 20), fill), unet)
+    assert torch.isfinite(out).all()
+
+
+def test_integer_volume_is_cast(unet, volume):
+    as_int = (volume * 1000).to(torch.int16)
+    with torch.no_grad():
+        out = grata()(as_int, unet)
+        ref = grata()(as_int.float(), unet)
+    assert out.dtype == torch.float32 and torch.equal(out, ref)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    shape=st.tuples(st.integers(4, 36), st.integers(4, 36), st.integers(4, 24)),
+    scale=st.floats(1e-3, 1e4),
+    offset=st.floats(-1e3, 1e3),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.int16, torch.uint8]),
+)
+def test_property_any_shape_range_dtype_gives_finite_logits(shape, scale, offset, dtype):
+    net = tiny_unet()
+    x = torch.rand(1, 1, *shape, generator=torch.Generator().manual_seed(0)) * scale + offset
+    if not dtype.is_floating_point:
+        info = torch.iinfo(dtype)
+        x = x.clamp(info.min, info.max)
+    x = x.to(dtype)
+    with torch.no_grad():
+        out = grata(steps=1, patches_per_step=1)(x, net)
+    assert out.shape == (1, 3, *shape) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
