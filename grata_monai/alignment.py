@@ -50,6 +50,7 @@ def grata_step(
     perturb_scale: float = 1.0,
     align: bool = True,
     dynamic: bool = True,
+    reduce: Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]] | None = None,
 ) -> StepRecord:
     """One GraTa update of ``params`` (the adapted weights theta) on the test batch ``x``.
 
@@ -64,11 +65,14 @@ def grata_step(
         perturb_scale: scale of the perturbation theta - scale * g_a (1.0 in the paper).
         align: ablation switch; False takes g_p at theta itself (no perturbation).
         dynamic: ablation switch; False steps with the fixed ``lr0``.
+        reduce: averages a gradient across processes (continual adaptation over several ranks);
+            applied to g_a and g_p so every rank perturbs, measures and steps identically.
     """
+    reduce = reduce or (lambda grads: grads)
     params = list(params)
     # 1. auxiliary gradient g_a at theta
     loss_aux = aux_loss(network, x)
-    g_aux = torch.autograd.grad(loss_aux, params)
+    g_aux = reduce(torch.autograd.grad(loss_aux, params))
     # 2. perturb: theta' = theta - g_a (remember theta)
     theta = [p.detach().clone() for p in params]
     if align:
@@ -76,7 +80,7 @@ def grata_step(
             torch._foreach_add_(params, g_aux, alpha=-perturb_scale)
     # 3. pseudo gradient g_p at theta' (its pseudo-label is predicted at theta' too)
     loss_pse = pseudo_loss(network, x)
-    g_pse = torch.autograd.grad(loss_pse, params)
+    g_pse = reduce(torch.autograd.grad(loss_pse, params))
     # 4. alignment measure
     cos = float(cosine(g_aux, g_pse))
     # 5. restore theta

@@ -26,6 +26,7 @@ from monai.transforms.utils import map_binary_to_indices
 from torch import nn
 
 from grata_monai.alignment import StepRecord, grata_step
+from grata_monai.distributed import any_across_ranks, average_across_ranks
 from grata_monai.guard import DivergenceGuard, measure
 from grata_monai.losses import WEAK_TRANSFORMS, ConsistencyLoss, EntropyLoss
 from grata_monai.norms import configure_model, settle_batch_norm_statistics
@@ -115,6 +116,7 @@ class AdaptiveInferer(Inferer):
     """
 
     method = "adaptive"
+    sync_ranks = False  # see GraTaInferer
 
     def __init__(
         self,
@@ -277,6 +279,8 @@ class AdaptiveInferer(Inferer):
             return episode
         after = measure(episode.network, heldout)
         report.guard = self.guard.check(before, after, episode.params, [s["aux_loss"] for s in report.steps])
+        if self.sync_ranks and any_across_ranks(report.guard is not None, device):
+            report.guard = report.guard or "the guard fired on another rank sharing this adapted state"
         if report.guard is None:
             return episode
         if not self.episodic:
@@ -332,6 +336,9 @@ class GraTaInferer(AdaptiveInferer):
         strong_prob: probability of each strong intensity augmentation.
         align: ablation switch; False takes the pseudo gradient at theta (no perturbation).
         dynamic_lr: ablation switch; False steps with the fixed ``lr0``.
+        sync_ranks: continual adaptation shared by all ranks of the default process group: the
+            aux and pseudo gradients are averaged across ranks before the cosine and the step
+            (every rank must make the same number of steps).
     """
 
     method = "grata"
@@ -348,15 +355,19 @@ class GraTaInferer(AdaptiveInferer):
         strong_prob: float = 0.5,
         align: bool = True,
         dynamic_lr: bool = True,
+        sync_ranks: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(roi_size, sw_batch_size, overlap, *args, **kwargs)
+        if sync_ranks and self.episodic:
+            raise ValueError("sync_ranks shares one continually adapted state: set episodic=False.")
+        self.sync_ranks = sync_ranks
         self.perturb_scale, self.weak_transforms, self.sigmoid = perturb_scale, tuple(weak_transforms), sigmoid
         self.strong_prob, self.align, self.dynamic_lr = strong_prob, align, dynamic_lr
         ConsistencyLoss(self.weak_transforms)  # fail early on unknown weak transforms
 
     def settings(self) -> dict:
-        keys = ("perturb_scale", "weak_transforms", "sigmoid", "strong_prob", "align", "dynamic_lr")
+        keys = ("perturb_scale", "weak_transforms", "sigmoid", "strong_prob", "align", "dynamic_lr", "sync_ranks")
         return {**super().settings(), **{k: getattr(self, k) for k in keys}}
 
     def adapt_step(self, episode: Episode, x: torch.Tensor) -> StepRecord:
@@ -375,4 +386,5 @@ class GraTaInferer(AdaptiveInferer):
             perturb_scale=self.perturb_scale,
             align=self.align,
             dynamic=self.dynamic_lr,
+            reduce=average_across_ranks if self.sync_ranks else None,
         )
