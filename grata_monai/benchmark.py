@@ -32,6 +32,16 @@ __all__ = ["METHODS", "load_bundle", "make_inferer", "prepare", "evaluate", "run
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("source", "norm_stats", "tent", "memo", "grata", "grata_no_align", "grata_fixed_lr")
 
+SWEEP_BASE = {"steps": 10, "patches_per_step": 4, "lr0": 1e-3, "episodic": True, "perturb_scale": 1.0}
+SWEEP_AXES = {
+    "lr0": (1e-4, 1e-2),
+    "steps": (1, 3, 20),
+    "patches_per_step": (2, 8),
+    "perturb_scale": (0.1,),
+    "episodic": (False,),
+    "weak_transforms": (("flip1", "flip2"),),
+}
+
 
 def load_bundle(bundle_dir: str | Path, device: torch.device) -> tuple[torch.nn.Module, Any, dict]:
     """The bundle's network (with ``models/model.pt``), labelled preprocessing and settings."""
@@ -167,6 +177,7 @@ def run_benchmark(
     weak_transforms: str | tuple | None = None,
     amp: bool = False,
     seed: int = 0,
+    settings_from: str | None = None,
 ) -> dict:
     """Run ``methods`` on the ``key`` split of ``data_dir`` and write a results JSON to ``out``.
 
@@ -181,6 +192,8 @@ def run_benchmark(
         sw_batch_size, overlap: sliding-window settings of every method.
         steps, patches_per_step, lr0, episodic, perturb_scale, weak_transforms, amp, seed:
             adaptation settings shared by the adaptive methods.
+        settings_from: a ``sweep.json``; its best settings override the ones above, TENT's for the
+            entropy methods (tent, memo), GraTa's for the others.
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda":
@@ -192,6 +205,7 @@ def run_benchmark(
     volumes = prepare(data_dir, key, preprocessing, limit)
     adapt = {"steps": steps, "patches_per_step": patches_per_step, "lr0": lr0, "episodic": episodic, "amp": amp}
     adapt |= {"seed": seed, "perturb_scale": perturb_scale, "weak_transforms": weak_transforms}
+    chosen = json.loads(Path(settings_from).read_text())["best"] if settings_from else {}
     results = {
         "device": device_name(dev),
         "git_revision": _git_revision(),
@@ -200,26 +214,18 @@ def run_benchmark(
         "methods": {},
     }
     for method in tqdm(methods, desc="methods"):
-        inferer = make_inferer(method, bundle["roi_size"], sw_batch_size, overlap, **dict(adapt))
+        best = chosen.get("tent" if method in ("tent", "memo") else "grata", {})
+        own = adapt | {k: v for k, v in best.items() if k in SWEEP_BASE or k == "weak_transforms"}
+        inferer = make_inferer(method, bundle["roi_size"], sw_batch_size, overlap, **own)
         evaluate(inferer, network, volumes[:1], dev)  # warm-up (cudnn autotuning, allocator)
         if hasattr(inferer, "reset"):
             inferer.reset()
         rows = evaluate(inferer, network, volumes, dev)
-        results["methods"][method] = {"summary": summarize(rows), "volumes": rows}
+        settings = {k: own[k] for k in own if own[k] != adapt[k]}
+        results["methods"][method] = {"summary": summarize(rows), "settings": settings, "volumes": rows}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(results, indent=1))
     return results
-
-
-SWEEP_BASE = {"steps": 10, "patches_per_step": 4, "lr0": 1e-3, "episodic": True, "perturb_scale": 1.0}
-SWEEP_AXES = {
-    "lr0": (1e-4, 1e-2),
-    "steps": (1, 3, 20),
-    "patches_per_step": (2, 8),
-    "perturb_scale": (0.1,),
-    "episodic": (False,),
-    "weak_transforms": (("flip1", "flip2"),),
-}
 
 
 def run_sweep(

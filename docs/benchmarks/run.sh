@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Reproduce docs/benchmarks.md: sweep on the dev MR volumes, then every method on all MR volumes
+# (bf16 and fp32) and on the in-domain CT validation volumes, then the report.
+# Usage: bash docs/benchmarks/run.sh [DATA_DIR] [OUT_DIR]   (DATA_DIR holds datalist.json: the abdomen
+# set or its compact cache from `grata-monai cache`; a CUDA GPU is used when present)
+set -euo pipefail
+DATA=${1:-../shared/data/abdomen}
+OUT=${2:-docs/benchmarks}
+mkdir -p "$OUT"
+python -m grata_monai.cli sweep --data_dir "$DATA" --out "$OUT/sweep.json" --amp=True
+python -m grata_monai.cli benchmark --data_dir "$DATA" --key mr_test --amp=True \
+  --settings_from "$OUT/sweep.json" --out "$OUT/results_mr.json"
+python -m grata_monai.cli benchmark --data_dir "$DATA" --key mr_test --amp=False --methods source,norm_stats,grata \
+  --settings_from "$OUT/sweep.json" --out "$OUT/results_mr_fp32.json"
+python -m grata_monai.cli benchmark --data_dir "$DATA" --key ct_val --amp=True \
+  --settings_from "$OUT/sweep.json" --out "$OUT/results_ct.json"
+if python -c "import matplotlib" 2>/dev/null; then
+  python -m grata_monai.cli report --bench_dir "$OUT" --md docs/benchmarks.md
+fi
