@@ -1,0 +1,42 @@
+"""Command line: ``grata-monai <command> --arg value`` (python-fire)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import fire
+
+from grata_monai.benchmark import run_benchmark, run_sweep
+from grata_monai.cache import build_cache
+from grata_monai.report import write_report
+
+__all__ = ["main"]
+
+
+
+def _quiet(command: Callable) -> Callable:
+    """Run ``command`` without letting fire print its (large) return value; it is written to files."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs) -> None:
+        command(*args, **kwargs)
+
+    return run
+
+
+COMMANDS = {
+    "cache": build_cache,
+    "benchmark": _quiet(run_benchmark),
+    "sweep": _quiet(run_sweep),
+    "report": _quiet(write_report),
+}
+
+
+def main() -> None:
+    """Entry point of the ``grata-monai`` console script."""
+    fire.Fire(COMMANDS)
+
+
+if __name__ == "__main__":
+    main()
