@@ -13,7 +13,7 @@ import copy
 import hashlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -201,19 +201,22 @@ class AdaptiveInferer(Inferer):
         optimizer = opt_cls(params, lr=self.lr0)
         return Episode(source, network, params, optimizer, np.random.RandomState(self.seed))
 
-    def sample_patches(self, episode: Episode, volume: torch.Tensor) -> torch.Tensor:
-        """Crop ``patches_per_step`` roi-sized patches centred on the body of ``volume`` (C, *spatial)."""
-        volume = SpatialPad(self.roi_size)(volume)
-        intensity = volume[0]
-        low, high = intensity.min(), intensity.max()
-        mask = (intensity > low + self.foreground_threshold * (high - low))[None]
+    def patch_sampler(self, episode: Episode, volume: torch.Tensor, device: torch.device) -> Callable[[], torch.Tensor]:
+        """A function drawing ``patches_per_step`` roi-sized patches of ``volume`` (C, *spatial) on
+        ``device``, centred on the body (voxels above ``foreground_threshold`` of the range)."""
+        volume = SpatialPad(self.roi_size)(volume.to(device))
+        low, high = volume[0].min(), volume[0].max()
+        mask = (volume[0] > low + self.foreground_threshold * (high - low))[None]
         if not mask.any():
             mask = torch.ones_like(mask)
         fg, bg = map_binary_to_indices(mask, None, 0)
         crop = RandCropByPosNegLabel(self.roi_size, pos=1, neg=0, num_samples=self.patches_per_step)
         crop.set_random_state(state=episode.rng)
-        patches = crop(volume, label=mask, fg_indices=fg, bg_indices=bg)
-        return torch.stack([torch.as_tensor(p) for p in patches])
+
+        def sample() -> torch.Tensor:
+            return torch.stack([torch.as_tensor(p) for p in crop(volume, label=mask, fg_indices=fg, bg_indices=bg)])
+
+        return sample
 
     def _windows(self, volume: torch.Tensor, device: torch.device):
         """Non-overlapping roi-sized windows covering ``volume`` (C, *spatial), one at a time."""
@@ -267,15 +270,18 @@ class AdaptiveInferer(Inferer):
 
     def _adapt(self, episode: Episode, volume: torch.Tensor, device: torch.device, report: VolumeReport) -> Episode:
         """Run the adaptation steps; return the episode to infer with (the guard may replace it)."""
-        if self.guard is not None and self.steps > 0:
-            heldout = self.sample_patches(episode, volume).to(device)
+        if self.steps == 0:
+            return episode
+        sample = self.patch_sampler(episode, volume, device)
+        if self.guard is not None:
+            heldout = sample()
             theta0 = [p.detach().clone() for p in episode.params]
             before = measure(episode.network, heldout)
         for _ in range(self.steps):
-            record = self.adapt_step(episode, self.sample_patches(episode, volume).to(device))
+            record = self.adapt_step(episode, sample())
             if record is not None:
                 report.steps.append(asdict(record))
-        if self.guard is None or self.steps == 0:
+        if self.guard is None:
             return episode
         after = measure(episode.network, heldout)
         report.guard = self.guard.check(before, after, episode.params, [s["aux_loss"] for s in report.steps])

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from monai.transforms import (
     Compose,
     RandAdjustContrast,
-    RandGaussianNoise,
     RandGaussianSmooth,
+    RandomizableTransform,
     RandScaleIntensity,
     RandScaleIntensityFixedMean,
     ScaleIntensity,
@@ -29,6 +29,7 @@ __all__ = [
     "EntropyLoss",
     "weak_transform",
     "soft_pseudo_label",
+    "DeviceGaussianNoise",
     "strong_augmentation",
     "ConsistencyLoss",
 ]
@@ -82,6 +83,28 @@ def soft_pseudo_label(
     return total / (1 + len(weak))
 
 
+class DeviceGaussianNoise(RandomizableTransform):
+    """Additive Gaussian noise with std ~ U(0, ``std``), drawn on the image's device.
+
+    Like MONAI's ``RandGaussianNoise`` (same parameters, seeded by ``set_random_state``) but without
+    generating the noise with NumPy on the host, which dominates a GPU adaptation step.
+    """
+
+    def __init__(self, prob: float = 0.5, std: float = 0.1) -> None:
+        RandomizableTransform.__init__(self, prob)
+        self.std = std
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        self.randomize(None)
+        if not self._do_transform:
+            return img
+        img = torch.as_tensor(img)
+        std = self.R.uniform(0, self.std)
+        generator = torch.Generator(device=img.device).manual_seed(int(self.R.randint(2**31)))
+        noise = torch.randn(img.shape, generator=generator, device=img.device, dtype=img.dtype)
+        return img + std * noise
+
+
 def strong_augmentation(prob: float = 0.5) -> Compose:
     """The strong intensity augmentation of GraTa, built from MONAI transforms.
 
@@ -95,7 +118,7 @@ def strong_augmentation(prob: float = 0.5) -> Compose:
             RandScaleIntensity(factors=0.5, prob=prob),
             RandScaleIntensityFixedMean(factors=0.5, prob=prob),
             RandAdjustContrast(gamma=(0.5, 2.0), invert_image=True, retain_stats=False, prob=prob),
-            RandGaussianNoise(std=float(np.sqrt(0.05)), prob=prob),
+            DeviceGaussianNoise(prob=prob, std=float(np.sqrt(0.05))),
             RandGaussianSmooth(sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=prob),
             ScaleIntensity(minv=0.0, maxv=1.0),
         ]

@@ -9,6 +9,7 @@ from torch import nn
 from grata_monai.losses import (
     WEAK_TRANSFORMS,
     ConsistencyLoss,
+    DeviceGaussianNoise,
     EntropyLoss,
     entropy,
     soft_pseudo_label,
@@ -88,3 +89,14 @@ def test_consistency_loss_is_soft_cross_entropy():
     bce = ConsistencyLoss(weak=(), prob=0.0, sigmoid=True)(net, x)
     ref = nn.functional.binary_cross_entropy_with_logits(net(rescaled), torch.sigmoid(net(x)))
     assert bce.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_device_gaussian_noise_is_seeded_and_bounded():
+    x = torch.zeros(1, 32, 32, 16)
+    noise = DeviceGaussianNoise(prob=1.0, std=0.2)
+    noise.set_random_state(seed=1)
+    a = noise(x)
+    noise.set_random_state(seed=1)
+    assert torch.equal(noise(x), a)
+    assert 0 < a.std().item() <= 0.2 and abs(a.mean().item()) < 0.01
+    assert torch.equal(DeviceGaussianNoise(prob=0.0)(x), x)
