@@ -10,6 +10,7 @@ per volume, with a warm-up pass first.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import time
@@ -149,6 +150,8 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def _git_revision() -> str:
+    if os.environ.get("GRATA_GIT_REVISION"):  # set where the tree travels without .git (GPU host)
+        return os.environ["GRATA_GIT_REVISION"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     except OSError:
