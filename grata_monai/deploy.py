@@ -278,7 +278,7 @@ resources:
 
 
 def write_package_source(dest: str | os.PathLike, grata_requirement: str = "grata-monai") -> Path:
-    """Write the folder that ``monai-deploy package`` turns into a MONAI Application Package.
+    """Write the app folder for the SDK's packager (``holoscan package`` in SDK 4.0; Docker needed).
 
     It holds ``app.py`` (calls `main`), ``app.yaml`` (the MAP's resources) and ``requirements.txt``
     (the SDK, highdicom, pydicom 3, JPEG 2000 decoders and this package).

@@ -1,0 +1,184 @@
+"""The bundle in a MONAI Deploy App SDK app: a real CT DICOM series in, DICOM SEG and NIfTI out.
+
+Runs in the Deploy env (`.ci/deploy.sh`); skipped where the SDK is not installed, where the real
+series or the bundle is absent. The app runs once (module fixture) in its own process, as in a
+MONAI Application Package: `python -m grata_monai.deploy -i <series> -o <out> -m <model.ts>`. The
+model.ts is exported at test time from the bundle's model.pt with its configs embedded (the
+packaged form: a TorchScriptModel wrapper, configs from extra/), with small adaptation settings
+so the CPU run takes a minute. The series is read in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("monai.deploy.operators", reason="MONAI Deploy App SDK is not installed (run .ci/deploy.sh)")
+hd = pytest.importorskip("highdicom")
+pydicom = pytest.importorskip("pydicom")
+nib = pytest.importorskip("nibabel")
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = Path(os.environ.get("GRATA_DATA_DIR", ROOT.parent / "shared" / "data"))
+BUNDLE_DIR = Path(os.environ.get("GRATA_BUNDLE_DIR", ROOT / "bundle"))
+SERIES = DATA_DIR / "ircad01" / "PATIENT_DICOM"
+SMALL = {"steps": 2, "patches_per_step": 2, "sw_batch_size": 2}
+ORGANS = ["liver", "right kidney", "left kidney", "spleen"]
+
+pytestmark = pytest.mark.realdata
+
+
+def _source_headers() -> list:
+    from grata_monai.dicom import check_series
+
+    return [pydicom.dcmread(f, stop_before_pixels=True) for f in check_series(SERIES).files]
+
+
+@pytest.fixture(scope="module")
+def app_run(tmp_path_factory):
+    """Export model.ts (small settings), run the app on the real series; the output folder and the log."""
+    if not SERIES.is_dir():
+        pytest.skip(f"real CT DICOM series not found at {SERIES} (set GRATA_DATA_DIR to the folder holding ircad01/)")
+    for name in ("configs/inference.json", "configs/metadata.json", "models/model.pt"):
+        if not (BUNDLE_DIR / name).is_file():
+            pytest.skip(f"bundle file {BUNDLE_DIR / name} not found (set GRATA_BUNDLE_DIR or build the bundle)")
+    tmp = tmp_path_factory.mktemp("deploy")
+    config = json.loads((BUNDLE_DIR / "configs" / "inference.json").read_text())
+    config["inferer"].update(SMALL)
+    (tmp / "inference.json").write_text(json.dumps(config, indent=2))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    export = [
+        sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def",
+        "--filepath", str(tmp / "model.ts"),
+        "--ckpt_file", str(BUNDLE_DIR / "models" / "model.pt"),
+        "--meta_file", str(BUNDLE_DIR / "configs" / "metadata.json"),
+        "--config_file", str(tmp / "inference.json"),
+        "--bundle_root", str(BUNDLE_DIR),
+    ]  # fmt: skip
+    done = subprocess.run(export, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    out = tmp / "output"
+    run = f"ulimit -s 32768 2>/dev/null; exec {sys.executable} -m grata_monai.deploy -i {SERIES} -o {out} -m {tmp / 'model.ts'}"
+    done = subprocess.run(["bash", "-c", run], cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-6000:]
+    return out, log
+
+
+def _seg(out: Path):
+    files = sorted(out.glob("*.dcm"))
+    assert len(files) == 1, f"expected one DICOM SEG in {out}, found {[f.name for f in files]}"
+    return files[0]
+
+
+def test_app_writes_dicom_seg_and_nifti(app_run):
+    """The app ran end to end with GraTa (SDK operators, model.ts via the TorchScriptModel wrapper)."""
+    out, log = app_run
+    assert (out / "seg.nii.gz").is_file()
+    _seg(out)
+    assert "Traceback" not in log
+
+
+def test_dicom_seg_readable_with_segments_from_channel_def(app_run):
+    """pydicom and highdicom read the SEG; its segments are the bundle's channel_def organs, coded."""
+    from grata_monai.deploy import SEGMENT_CODES, bundle_metadata, segment_labels
+
+    path = _seg(app_run[0])
+    ds = pydicom.dcmread(path)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
+    seg = hd.seg.segread(path)
+    labels = [s.SegmentLabel for s in seg.SegmentSequence]
+    assert labels == segment_labels(bundle_metadata(BUNDLE_DIR)) == ORGANS
+    for item in seg.SegmentSequence:
+        code = item.SegmentedPropertyTypeCodeSequence[0]
+        assert (code.CodeValue, code.CodingSchemeDesignator) == (SEGMENT_CODES[item.SegmentLabel][0], "SCT")
+
+
+def test_dicom_seg_geometry_matches_source_series(app_run):
+    """Rows/columns, frame count, orientation, spacing, frame positions and references match the series."""
+    path = _seg(app_run[0])
+    seg = hd.seg.segread(path)
+    src = _source_headers()
+    first = src[0]
+    assert (seg.Rows, seg.Columns) == (first.Rows, first.Columns) == (512, 512)
+    assert seg.NumberOfFrames == len(src) * len(ORGANS) == 129 * 4  # BINARY, empty frames kept
+    assert seg.StudyInstanceUID == first.StudyInstanceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
+    referenced = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {d.SOPInstanceUID for d in src}
+
+    # The series has no FrameOfReferenceUID: the app derives one from the SeriesInstanceUID.
+    expected_for = first.get("FrameOfReferenceUID") or pydicom.uid.generate_uid(
+        entropy_srcs=["grata-monai", first.SeriesInstanceUID]
+    )
+    assert seg.FrameOfReferenceUID == expected_for
+
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    orientation = shared.PlaneOrientationSequence[0].ImageOrientationPatient
+    np.testing.assert_allclose([float(v) for v in orientation], [float(v) for v in first.ImageOrientationPatient])
+    measures = shared.PixelMeasuresSequence[0]
+    np.testing.assert_allclose([float(v) for v in measures.PixelSpacing], [float(v) for v in first.PixelSpacing])
+
+    positions = {
+        tuple(round(float(v), 3) for v in f.PlanePositionSequence[0].ImagePositionPatient)
+        for f in seg.PerFrameFunctionalGroupsSequence
+    }
+    source_positions = {tuple(round(float(v), 3) for v in d.ImagePositionPatient) for d in src}
+    assert positions == source_positions
+
+
+def test_nifti_matches_dicom_seg_and_series(app_run):
+    """The NIfTI is on the series' grid (MONAI's own DICOM reading gives the same affine) and holds the
+    same label map as the SEG, slice by slice; liver and spleen are found, on the right sides."""
+    from monai.transforms import LoadImage
+
+    out = app_run[0]
+    nifti = nib.load(out / "seg.nii.gz")
+    labels = np.asarray(nifti.dataobj)
+    assert labels.shape == (512, 512, 129)
+    assert set(np.unique(labels)) <= {0, 1, 2, 3, 4}
+    reference = LoadImage(reader="PydicomReader", image_only=True, affine_lps_to_ras=True)(str(SERIES))
+    np.testing.assert_allclose(nifti.affine, np.asarray(reference.affine), atol=1e-3)
+
+    seg = hd.seg.segread(_seg(out))
+    src = _source_headers()
+    # Voxel k of the NIfTI is source slice k (sorted along the normal); NIfTI (i, j) is DICOM (column, row).
+    for k in (20, 64, 100):
+        uid = src[k].SOPInstanceUID
+        frames = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[uid], combine_segments=True, skip_overlap_checks=True
+        )[0]
+        np.testing.assert_array_equal(frames, labels[:, :, k].T, err_msg=f"slice {k}")
+
+    def centre_x(label: int) -> float:  # RAS x of an organ's centre
+        return float((nifti.affine @ np.r_[np.argwhere(labels == label).mean(0), 1.0])[0])
+
+    assert (labels == 1).sum() > 10_000, "no liver found on an abdominal CT"
+    assert (labels == 4).sum() > 1_000, "no spleen found on an abdominal CT"
+    # RAS+: x grows toward the patient's right, so the liver (right) has a larger x than the spleen (left).
+    assert centre_x(1) > centre_x(4), "liver and spleen on the wrong sides: geometry flipped"
+
+
+def test_package_source_and_packager_cli(tmp_path):
+    """The package source (app.py, our entry point; app.yaml; requirements.txt) and the SDK's packager CLI.
+    Building the image needs Docker, which is not here."""
+    import shutil
+
+    from grata_monai.deploy import write_package_source
+
+    folder = write_package_source(tmp_path / "map")
+    assert {p.name for p in folder.iterdir()} == {"app.py", "app.yaml", "requirements.txt"}
+    compile((folder / "app.py").read_text(), "app.py", "exec")
+    requirements = (folder / "requirements.txt").read_text()
+    assert "monai-deploy-app-sdk==4.0.0" in requirements and "highdicom" in requirements
+    # SDK 4.0 ships no `monai-deploy` command any more: its packager is holoscan-cli's `holoscan package`.
+    cli = shutil.which("holoscan") or str(Path(sys.executable).with_name("holoscan"))
+    done = subprocess.run(["bash", "-c", f"ulimit -s 32768 2>/dev/null; {cli} package --help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--no-docker-build" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
