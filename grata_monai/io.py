@@ -12,9 +12,25 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["NIFTI_SUFFIXES", "list_volumes", "output_path", "check_no_overwrite", "bundle_root"]
+__all__ = ["NIFTI_SUFFIXES", "as_bool", "list_volumes", "output_path", "check_no_overwrite", "bundle_root"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def as_bool(value: bool | int | str) -> bool:
+    """Read a command-line switch: ``monai.bundle run --flag false`` passes the string 'false'.
+
+    Raises:
+        ValueError: the value is not a recognisable boolean.
+    """
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("true", "1", "yes", "y", "on"):
+            return True
+        if v in ("false", "0", "no", "n", "off", ""):
+            return False
+        raise ValueError(f"expected a boolean (true/false), got '{value}'.")
+    return bool(value)
 
 
 def _is_nifti(path: Path) -> bool:
@@ -110,7 +126,7 @@ def check_no_overwrite(
     Raises:
         FileExistsError: an output exists and ``overwrite`` is false.
     """
-    if not overwrite:
+    if not as_bool(overwrite):
         existing = [p for p in (output_path(d[key], output_dir, postfix, ext) for d in items) if os.path.exists(p)]
         if existing:
             raise FileExistsError(
@@ -127,13 +143,16 @@ def bundle_root(fallback: str | os.PathLike | None = None) -> str:
     ``config_root_path``), for ``--config_file`` on the command line, then ``fallback``, then
     the working directory. A folder named ``configs`` resolves to its parent.
     """
+    from monai.bundle import ConfigWorkflow
+
     root = None
-    for frame_info in inspect.stack()[1:]:
-        obj = frame_info.frame.f_locals.get("self")
-        path = getattr(obj, "config_root_path", None)
-        if path is not None:
-            root = Path(path)
+    frame = inspect.currentframe()
+    while frame is not None:
+        obj = frame.f_locals.get("self")
+        if isinstance(obj, ConfigWorkflow):
+            root = Path(obj.config_root_path)
             break
+        frame = frame.f_back
     if root is None:
         argv = sys.argv
         for i, arg in enumerate(argv):
