@@ -1,0 +1,199 @@
+"""The MONAI bundle in bundle/: metadata, configs, TorchScript export and an end-to-end run.
+
+The end-to-end tests run ``python -m monai.bundle run`` in a subprocess from a temporary working
+directory (the bundle must find itself from its config path) on one real MR volume, copied
+from the shared data folder (never from the repository), with fewer adaptation steps than the
+shipped config so the CPU time stays modest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from conftest import abdomen_dir
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+CONFIGS = BUNDLE / "configs"
+META = CONFIGS / "metadata.json"
+INFERENCE = CONFIGS / "inference.json"
+EVALUATE = CONFIGS / "evaluate.json"
+TRAIN = CONFIGS / "train.json"
+LABELS = {"0": "background", "1": "liver", "2": "right kidney", "3": "left kidney", "4": "spleen"}
+MR_VOLUME = "mr/mr_01_image.nii.gz"
+QUICK = ["--inferer#steps", "2", "--inferer#patches_per_step", "2"]
+
+
+def _parser(*files: Path, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    parser.read_meta(str(META))
+    parser["bundle_root"] = str(BUNDLE)
+    for k, v in overrides.items():
+        parser[k] = v
+    return parser
+
+
+def _bundle_run(config_files: list[Path], cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    files = "[" + ",".join(f"'{f}'" for f in config_files) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *args]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BUNDLE.parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def test_required_files():
+    for rel in ("LICENSE", "configs/metadata.json", "models/model.pt", "models/model.ts", "docs/README.md",
+                "docs/data_license.txt", "configs/inference.json", "configs/train.json", "configs/evaluate.json"):
+        assert (BUNDLE / rel).is_file(), rel
+
+
+def test_metadata_required_keys():
+    """The bundle spec's mandatory keys, checked offline (verify_metadata would download its schema)."""
+    meta = json.loads(META.read_text())
+    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version",
+                "required_packages_version", "task", "description", "authors", "copyright", "network_data_format"):
+        assert meta.get(key) not in (None, ""), key
+    assert meta["version"] in meta["changelog"]
+    fmt = meta["network_data_format"]
+    for io, name in (("inputs", "image"), ("outputs", "pred")):
+        entry = fmt[io][name]
+        for key in ("type", "format", "modality" if io == "inputs" else "type", "num_channels", "spatial_shape",
+                    "dtype", "value_range", "is_patch_data", "channel_def"):
+            assert key in entry, f"{io}.{name}.{key}"
+        assert len(entry["spatial_shape"]) == 3
+    assert fmt["inputs"]["image"]["num_channels"] == 1
+    assert fmt["outputs"]["pred"]["num_channels"] == 5
+    assert fmt["outputs"]["pred"]["channel_def"] == LABELS
+
+
+def test_inference_config_builds():
+    parser = _parser(INFERENCE)
+    net = parser.get_parsed_content("network_def")
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert norms and all(m.affine for m in norms)
+    assert parser.get_parsed_content("preprocessing") is not None
+    assert parser.get_parsed_content("postprocessing") is not None
+    assert parser.get("inferer") == {
+        "_target_": "grata_monai.GraTaInferer", "roi_size": [96, 96, 48], "sw_batch_size": 4, "overlap": 0.25,
+        "steps": 10, "patches_per_step": 4, "lr0": 0.001, "episodic": True, "seed": 0,
+    }
+    assert type(parser.get_parsed_content("inferer")).__name__ == "GraTaInferer"
+    assert parser.get_parsed_content("network_def").state_dict().keys() == torch.load(
+        BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True).keys()
+
+
+def test_preprocessing_identical_in_train_validate_and_inference():
+    """Inference's preprocessing is train's deterministic part with the image key only."""
+    train = json.loads(TRAIN.read_text())["train"]["deterministic_transforms"]
+    inference = json.loads(INFERENCE.read_text())["preprocessing"]["transforms"]
+    assert len(train) == len(inference)
+    for t, i in zip(train, inference):
+        t = dict(t, keys="image") if t["keys"] == ["image", "label"] else dict(t)
+        if t["_target_"] == "Spacingd":
+            t["mode"] = t["mode"][0]
+        assert t == i
+    targets = [t["_target_"] for t in inference]
+    assert targets == ["LoadImaged", "EnsureChannelFirstd", "Orientationd", "Spacingd",
+                       "ScaleIntensityRangePercentilesd", "CropForegroundd", "EnsureTyped"]
+    assert "reader" not in inference[0], "let MONAI pick the reader (ITK, else nibabel / pydicom)"
+    assert json.loads(TRAIN.read_text())["validate"]["preprocessing"]["transforms"] == "%train#deterministic_transforms"
+
+
+def test_train_config_builds():
+    parser = _parser(TRAIN, dataset_dir="/nonexistent")
+    assert parser.get_parsed_content("network_def") is not None
+    assert parser.get_parsed_content("validate#preprocessing") is not None
+    random = parser.get_parsed_content("train#random_transforms")
+    names = [type(t).__name__ for t in random]
+    assert "RandGINd" in names and "RandFlipd" not in names  # no left/right flips: kidney labels are sided
+    assert parser.get_parsed_content("loss") is not None
+
+
+def test_evaluate_adapt_switch():
+    for value, expected in (("true", "GraTaInferer"), ("false", "SlidingWindowInferer")):
+        parser = _parser(INFERENCE, EVALUATE, adapt=value)
+        assert type(parser.get_parsed_content("evaluator#inferer")).__name__ == expected
+
+
+def test_verify_net_in_out():
+    r = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", str(META),
+         "--config_file", str(INFERENCE)],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 0 and "verified with no error" in r.stdout + r.stderr, r.stderr[-2000:]
+
+
+def test_ckpt_export_reproduces_model_ts(tmp_path):
+    out = tmp_path / "model.ts"
+    r = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(out),
+         "--ckpt_file", str(BUNDLE / "models" / "model.pt"), "--meta_file", str(META),
+         "--config_file", str(INFERENCE)],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    extra = {"metadata.json": "", "inference.json": ""}
+    committed = torch.jit.load(str(BUNDLE / "models" / "model.ts"), map_location="cpu", _extra_files=extra).eval()
+    fresh = torch.jit.load(str(out), map_location="cpu").eval()
+    assert json.loads(extra["metadata.json"])["version"] == json.loads(META.read_text())["version"]
+    assert json.loads(extra["inference.json"])["inferer"] == json.loads(INFERENCE.read_text())["inferer"]
+    x = torch.rand(1, 1, 96, 96, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(committed(x), fresh(x), atol=1e-5, rtol=1e-5)
+    names = {m.original_name for m in committed.modules()}
+    assert "BatchNorm3d" in names  # scripted, not traced: the norm layers stay adaptable
+
+
+@pytest.mark.realdata
+def test_inference_end_to_end_on_real_mr(tmp_path):
+    src = abdomen_dir() / MR_VOLUME
+    data, out, cwd = tmp_path / "in", tmp_path / "out", tmp_path / "elsewhere"
+    data.mkdir(), cwd.mkdir()
+    shutil.copy(src, data / src.name)
+    r = _bundle_run([INFERENCE], cwd, "--dataset_dir", str(data), "--output_dir", str(out), *QUICK)
+    assert r.returncode == 0, r.stderr[-3000:]
+    seg_path = out / src.name.replace(".nii.gz", "_seg.nii.gz")
+    assert seg_path.is_file(), sorted(p.name for p in out.iterdir()) if out.exists() else "no output dir"
+    img, seg = nib.load(str(src)), nib.load(str(seg_path))
+    assert seg.shape == img.shape
+    np.testing.assert_allclose(seg.affine, img.affine, atol=1e-4)
+    labels = set(np.unique(np.asarray(seg.dataobj)).tolist())
+    assert labels <= {0, 1, 2, 3, 4} and len(labels) > 1
+    # a second run must not overwrite silently
+    r = _bundle_run([INFERENCE], cwd, "--dataset_dir", str(data), "--output_dir", str(out), *QUICK)
+    assert r.returncode != 0 and "--overwrite true" in r.stderr
+
+
+def test_inference_without_input_says_what_it_looked_for(tmp_path):
+    r = _bundle_run([INFERENCE], tmp_path, "--dataset_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"))
+    assert r.returncode != 0
+    assert "no input volume found" in r.stderr and "*.nii.gz" in r.stderr
+
+
+@pytest.mark.realdata
+def test_evaluate_source_only_on_real_mr(tmp_path):
+    src = abdomen_dir()
+    data, cwd, out = tmp_path / "data", tmp_path / "elsewhere", tmp_path / "eval"
+    (data / "mr").mkdir(parents=True), cwd.mkdir()
+    for kind in ("image", "label"):
+        shutil.copy(src / MR_VOLUME.replace("image", kind), data / "mr")
+    (data / "datalist.json").write_text(json.dumps(
+        {"mr_test": [{"image": MR_VOLUME, "label": MR_VOLUME.replace("image", "label")}]}))
+    r = _bundle_run([INFERENCE, EVALUATE], cwd, "--dataset_dir", str(data), "--adapt", "false",
+                    "--output_dir", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = (out / "mean_dice_summary.csv").read_text().splitlines()
+    assert summary[0].startswith("class,mean") and len(summary) == 6  # 4 organs + mean
+    dice = float((out / "metrics.csv").read_text().split(",")[1])
+    assert 0.0 <= dice <= 1.0

@@ -1,0 +1,94 @@
+"""Input discovery, output policy and config helpers of grata_monai.io."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import DATA_DIR
+from grata_monai.io import as_bool, bundle_root, check_no_overwrite, list_volumes, output_path
+
+
+def _nifti(path: Path) -> None:
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), str(path))
+
+
+def _dicom_series(folder: Path, n: int = 2) -> None:
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True)
+    for i in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"IM{i}"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.save_as(str(folder / f"IM{i}"), enforce_file_format=True)
+
+
+def test_list_volumes_nifti_and_dicom(tmp_path):
+    _nifti(tmp_path / "b.nii.gz")
+    _nifti(tmp_path / "a.nii")
+    (tmp_path / "notes.txt").write_text("x")
+    _dicom_series(tmp_path / "series1")
+    (tmp_path / "empty").mkdir()
+    items = list_volumes(tmp_path)
+    assert [Path(d["image"]).name for d in items] == ["a.nii", "b.nii.gz", "series1"]
+
+
+def test_list_volumes_folder_is_one_dicom_series(tmp_path):
+    _dicom_series(tmp_path / "s")
+    assert list_volumes(tmp_path / "s") == [{"image": str(tmp_path / "s")}]
+
+
+def test_list_volumes_real_dicom_without_extension():
+    series = DATA_DIR / "ircad01" / "PATIENT_DICOM"
+    if not series.is_dir():
+        pytest.skip(f"real DICOM series not found at {series} (set GRATA_DATA_DIR)")
+    assert list_volumes(series.parent) == [{"image": str(series)}]
+
+
+def test_list_volumes_errors_say_what_was_looked_for(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"\*\.nii\.gz.*DICOM"):
+        list_volumes(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        list_volumes(tmp_path / "missing")
+
+
+def test_output_path_and_no_overwrite(tmp_path):
+    items = [{"image": "/data/mr_01_image.nii.gz"}, {"image": "/data/series7/"}]
+    assert output_path(items[0]["image"], str(tmp_path), "seg") == str(tmp_path / "mr_01_image_seg.nii.gz")
+    assert output_path(items[1]["image"], str(tmp_path), "seg") == str(tmp_path / "series7_seg.nii.gz")
+    assert check_no_overwrite(items, str(tmp_path), "seg") is items
+    (tmp_path / "series7_seg.nii.gz").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="--overwrite true"):
+        check_no_overwrite(items, str(tmp_path), "seg")
+    with pytest.raises(FileExistsError):
+        check_no_overwrite(items, str(tmp_path), "seg", overwrite="false")
+    assert check_no_overwrite(items, str(tmp_path), "seg", overwrite="true") is items
+
+
+@pytest.mark.parametrize("value,expected", [(True, True), ("false", False), ("True", True), ("0", False), (1, True)])
+def test_as_bool(value, expected):
+    assert as_bool(value) is expected
+
+
+def test_as_bool_rejects_other_strings():
+    with pytest.raises(ValueError, match="boolean"):
+        as_bool("maybe")
+
+
+def test_bundle_root_fallbacks(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["x", "--config_file", str(tmp_path / "b" / "configs" / "inference.json")])
+    assert bundle_root() == str((tmp_path / "b").resolve())
+    monkeypatch.setattr(sys, "argv", ["x"])
+    assert bundle_root(tmp_path) == str(tmp_path.resolve())
