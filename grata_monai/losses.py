@@ -19,6 +19,7 @@ from monai.transforms import (
     RandScaleIntensityFixedMean,
     ScaleIntensity,
 )
+from monai.utils import convert_to_tensor
 from torch import nn
 
 __all__ = [
@@ -73,14 +74,27 @@ def weak_transform(x: torch.Tensor, name: str, inverse: bool = False) -> torch.T
 
 @torch.no_grad()
 def soft_pseudo_label(
-    network: nn.Module, x: torch.Tensor, weak: Sequence[str] = WEAK_TRANSFORMS, sigmoid: bool = False
+    network: nn.Module,
+    x: torch.Tensor,
+    weak: Sequence[str] = WEAK_TRANSFORMS,
+    sigmoid: bool = False,
+    batch_views: bool = False,
 ) -> torch.Tensor:
-    """Average the probabilities predicted for ``x`` and its weak variants, each mapped back."""
-    total = probabilities(network(x).float(), sigmoid)
-    for name in weak:
-        logits = network(weak_transform(x, name))
-        total += weak_transform(probabilities(logits.float(), sigmoid), name, inverse=True)
-    return total / (1 + len(weak))
+    """Average the probabilities predicted for ``x`` and its weak variants, each mapped back.
+
+    ``batch_views`` predicts all same-shaped views in one forward pass (faster on GPUs; norm layers
+    in test-statistics mode then see the statistics of all views together).
+    """
+    views = [("identity", x)] + [(name, weak_transform(x, name)) for name in weak]
+    groups: dict[tuple, list] = {}
+    for name, view in views:
+        groups.setdefault(tuple(view.shape) if batch_views else (name,), []).append((name, view))
+    total = torch.zeros((), device=x.device)
+    for group in groups.values():
+        probs = probabilities(network(torch.cat([v for _, v in group])).float(), sigmoid).split(len(x))
+        for (name, _), p in zip(group, probs):
+            total = total + (p if name == "identity" else weak_transform(p, name, inverse=True))
+    return total / len(views)
 
 
 class DeviceGaussianNoise(RandomizableTransform):
@@ -98,7 +112,7 @@ class DeviceGaussianNoise(RandomizableTransform):
         self.randomize(None)
         if not self._do_transform:
             return img
-        img = torch.as_tensor(img)
+        img = convert_to_tensor(img, track_meta=False)
         std = self.R.uniform(0, self.std)
         generator = torch.Generator(device=img.device).manual_seed(int(self.R.randint(2**31)))
         noise = torch.randn(img.shape, generator=generator, device=img.device, dtype=img.dtype)
@@ -133,24 +147,30 @@ class ConsistencyLoss:
         sigmoid: multi-label sigmoid outputs (BCE) instead of softmax (CE).
         seed: seed of the strong augmentation's random state.
         prob: probability of each strong intensity transform.
+        batch_views: predict the weak views in one batch (see ``soft_pseudo_label``).
     """
 
     def __init__(
-        self, weak: Sequence[str] = WEAK_TRANSFORMS, sigmoid: bool = False, seed: int | None = 0, prob: float = 0.5
+        self,
+        weak: Sequence[str] = WEAK_TRANSFORMS,
+        sigmoid: bool = False,
+        seed: int | None = 0,
+        prob: float = 0.5,
+        batch_views: bool = False,
     ) -> None:
         unknown = set(weak) - set(WEAK_TRANSFORMS)
         if unknown:
             raise ValueError(f"Unknown weak transforms {sorted(unknown)}; choose from {WEAK_TRANSFORMS}.")
-        self.weak, self.sigmoid = tuple(weak), sigmoid
+        self.weak, self.sigmoid, self.batch_views = tuple(weak), sigmoid, batch_views
         self.augment = strong_augmentation(prob)
         self.augment.set_random_state(seed=seed)
 
     def strong(self, x: torch.Tensor) -> torch.Tensor:
         """Strongly augment each image of the batch independently."""
-        return torch.stack([torch.as_tensor(self.augment(img)) for img in x]).to(x.dtype)
+        return torch.stack([convert_to_tensor(self.augment(img), track_meta=False) for img in x]).to(x.dtype)
 
     def __call__(self, network: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        target = soft_pseudo_label(network, x, self.weak, self.sigmoid)
+        target = soft_pseudo_label(network, x, self.weak, self.sigmoid, self.batch_views)
         logits = network(self.strong(x)).float()
         if self.sigmoid:
             return F.binary_cross_entropy_with_logits(logits, target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 __all__ = ["ORGANS", "method_table", "worse_volumes", "sweep_table", "plot_gains", "write_report"]
@@ -100,7 +101,7 @@ def write_report(bench_dir: str | Path, md: str | Path) -> str:
             f"Device: **{results['device']}**; revision `{results['git_revision'][:10]}`; "
             f"{len(results['data']['volumes'])} volumes; settings: `{json.dumps(results['settings'])}`.\n",
             method_table(results) + "\n",
-            f"![per-volume gain]({figure.relative_to(md.parent)})\n",
+            f"![per-volume gain]({os.path.relpath(figure, md.parent)})\n",
         ]
         for ref in ("source", "norm_stats"):
             if ref in results["methods"]:

@@ -100,3 +100,12 @@ def test_device_gaussian_noise_is_seeded_and_bounded():
     assert torch.equal(noise(x), a)
     assert 0 < a.std().item() <= 0.2 and abs(a.mean().item()) < 0.01
     assert torch.equal(DeviceGaussianNoise(prob=0.0)(x), x)
+
+
+def test_batched_views_equal_separate_views_without_batch_statistics():
+    net = nn.Sequential(nn.Conv3d(1, 3, 3, padding=1), nn.BatchNorm3d(3), nn.Conv3d(3, 3, 1)).eval()
+    x = torch.randn(2, 1, 8, 8, 6)
+    separate = soft_pseudo_label(net, x, batch_views=False)
+    batched = soft_pseudo_label(net, x, batch_views=True)
+    torch.testing.assert_close(batched, separate, rtol=1e-5, atol=1e-6)
+    assert ConsistencyLoss(batch_views=True).batch_views

@@ -10,8 +10,8 @@ mkdir -p "$OUT"
 python -m grata_monai.cli sweep --data_dir "$DATA" --out "$OUT/sweep.json" --amp=True
 python -m grata_monai.cli benchmark --data_dir "$DATA" --key mr_test --amp=True \
   --settings_from "$OUT/sweep.json" --out "$OUT/results_mr.json"
-python -m grata_monai.cli benchmark --data_dir "$DATA" --key mr_test --amp=False --methods source,norm_stats,grata \
-  --settings_from "$OUT/sweep.json" --out "$OUT/results_mr_fp32.json"
+python -m grata_monai.cli benchmark --data_dir "$DATA" --key mr_test --amp=False --batch_views=False --methods source,norm_stats,grata \
+  --settings_from "$OUT/sweep.json" --out "$OUT/results_mr_before.json"
 python -m grata_monai.cli benchmark --data_dir "$DATA" --key ct_val --amp=True \
   --settings_from "$OUT/sweep.json" --out "$OUT/results_ct.json"
 if python -c "import matplotlib" 2>/dev/null; then
