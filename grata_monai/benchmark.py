@@ -236,7 +236,7 @@ def run_benchmark(
         if hasattr(inferer, "reset"):
             inferer.reset()
         rows = evaluate(inferer, network, volumes, dev)
-        settings = {k: own[k] for k in own if own[k] != adapt[k]}
+        settings = inferer.settings() if hasattr(inferer, "settings") else {"method": "source"}
         results["methods"][method] = {"summary": summarize(rows), "settings": settings, "volumes": rows}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(results, indent=1))
