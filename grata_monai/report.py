@@ -69,28 +69,31 @@ def sweep_table(sweep: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_gains(results: dict, path: str | Path, reference: str = "source") -> None:
-    """Strip plot of the per-volume mean-Dice gain of every method over ``reference``."""
+def plot_gains(results: dict, path: str | Path, references: Sequence[str] = ("source", "norm_stats")) -> None:
+    """Strip plots of the per-volume mean-Dice gain of every method over each reference method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ref = _volume_means(results["methods"][reference])
-    names = [n for n in results["methods"] if n != reference]
-    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 4))
-    for i, name in enumerate(names):
-        means = _volume_means(results["methods"][name])
-        gains = [100 * (means[v] - ref[v]) for v in ref]
-        ax.scatter([i] * len(gains), gains, alpha=0.6)
-        ax.plot([i - 0.3, i + 0.3], [sum(gains) / len(gains)] * 2, color="k")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xticks(range(len(names)), names, rotation=20)
-    ax.set_ylabel(f"mean Dice gain over {reference} (points)")
-    ax.set_title(f"Per-volume gain, {results['data']['key']} ({results['device']})")
+    references = [r for r in references if r in results["methods"]]
+    fig, axes = plt.subplots(1, len(references), figsize=(7 * len(references), 4), squeeze=False)
+    for ax, reference in zip(axes[0], references):
+        ref = _volume_means(results["methods"][reference])
+        names = [n for n in results["methods"] if n not in ("source", reference)]
+        for i, name in enumerate(names):
+            means = _volume_means(results["methods"][name])
+            gains = [100 * (means[v] - ref[v]) for v in ref]
+            ax.scatter([i] * len(gains), gains, alpha=0.6)
+            ax.plot([i - 0.3, i + 0.3], [sum(gains) / len(gains)] * 2, color="k")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(range(len(names)), names, rotation=20)
+        ax.set_ylabel(f"mean Dice gain over {reference} (points)")
+        ax.set_title(f"{results['data']['key']}: per-volume gain over {reference}")
+    fig.suptitle(results["device"], fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -105,7 +108,7 @@ def write_report(bench_dir: str | Path, md: str | Path) -> str:
         figure = path.with_suffix(".png")
         held_out = [v for v in results["data"]["volumes"] if v not in dev]
         own = [f"`{m}`: `{json.dumps(e['settings'])}`" for m, e in results["methods"].items() if e.get("settings")]
-        plot_gains(results, figure, "source")
+        plot_gains(results, figure)
         parts += [
             f"## {results['data']['key']} — `{path.name}`\n",
             f"Device: **{results['device']}**; revision `{results['git_revision'][:10]}`; "
