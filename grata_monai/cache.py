@@ -11,7 +11,6 @@ finds the same body). The abdomen set shrinks from ~160 MB to a size a GPU run c
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import nibabel as nib

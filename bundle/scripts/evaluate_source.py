@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 import time
 
 import torch
@@ -110,6 +109,12 @@ def evaluate(
 
 
 if __name__ == "__main__":
+    import functools
+
     import fire
 
-    sys.exit(fire.Fire(evaluate) and None)
+    @functools.wraps(evaluate)
+    def _main(*args, **kwargs) -> None:  # results go to the JSON file; don't let fire print them
+        evaluate(*args, **kwargs)
+
+    fire.Fire(_main)
