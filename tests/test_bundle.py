@@ -83,9 +83,10 @@ def test_inference_config_builds():
     assert norms and all(m.affine for m in norms)
     assert parser.get_parsed_content("preprocessing") is not None
     assert parser.get_parsed_content("postprocessing") is not None
-    assert parser.get("inferer") == {
+    assert parser.get("inferer") == {  # the defaults chosen by the sweep in docs/benchmarks.md
         "_target_": "grata_monai.GraTaInferer", "roi_size": [96, 96, 48], "sw_batch_size": 4, "overlap": 0.25,
-        "steps": 10, "patches_per_step": 4, "lr0": 0.001, "episodic": True, "seed": 0,
+        "steps": 1, "patches_per_step": 4, "lr0": 0.001, "weak_transforms": ["flip1", "flip2"], "batch_views": True,
+        "episodic": True, "amp": True, "seed": 0,
     }
     assert type(parser.get_parsed_content("inferer")).__name__ == "GraTaInferer"
     assert parser.get_parsed_content("network_def").state_dict().keys() == torch.load(
@@ -96,6 +97,8 @@ def test_preprocessing_identical_in_train_validate_and_inference():
     """Inference's preprocessing is train's deterministic part with the image key only."""
     train = json.loads(TRAIN.read_text())["train"]["deterministic_transforms"]
     inference = json.loads(INFERENCE.read_text())["preprocessing"]["transforms"]
+    check, *inference = inference  # inference first validates DICOM series folders
+    assert check["_target_"] == "grata_monai.dicom.CheckDicomSeriesd"
     assert len(train) == len(inference)
     for t, i in zip(train, inference):
         t = dict(t, keys="image") if t["keys"] == ["image", "label"] else dict(t)
@@ -170,6 +173,8 @@ def test_inference_end_to_end_on_real_mr(tmp_path):
     np.testing.assert_allclose(seg.affine, img.affine, atol=1e-4)
     labels = set(np.unique(np.asarray(seg.dataobj)).tolist())
     assert labels <= {0, 1, 2, 3, 4} and len(labels) > 1
+    report = json.loads((out / src.name.replace(".nii.gz", "_seg_report.json")).read_text())
+    assert report["method"] == "grata" and len(report["steps"]) == 2 and report["input"].endswith(src.name)
     # a second run must not overwrite silently
     r = _bundle_run([INFERENCE], cwd, "--dataset_dir", str(data), "--output_dir", str(out), *QUICK)
     assert r.returncode != 0 and "--overwrite true" in r.stderr
@@ -197,3 +202,17 @@ def test_evaluate_source_only_on_real_mr(tmp_path):
     assert summary[0].startswith("class,mean") and len(summary) == 6  # 4 organs + mean
     dice = float((out / "metrics.csv").read_text().split(",")[1])
     assert 0.0 <= dice <= 1.0
+
+
+def test_evaluate_config_carries_the_label_through_every_spatial_transform():
+    """evaluate.json overrides inference.json's preprocessing by index: keep them in step."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "evaluate.json")])
+    for t in parser["preprocessing"]["transforms"]:
+        if t["_target_"] in ("LoadImaged", "EnsureChannelFirstd", "Orientationd", "Spacingd", "CropForegroundd"):
+            assert "label" in t["keys"], t
+        if t["_target_"] == "Spacingd":
+            assert t["mode"] == ["bilinear", "nearest"]
+        assert "mode" not in t or t["_target_"] == "Spacingd", t
