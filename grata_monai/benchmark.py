@@ -29,7 +29,7 @@ from grata_monai.baselines import MemoInferer, NormStatsInferer, TentInferer
 from grata_monai.inferer import GraTaInferer
 from grata_monai.losses import WEAK_TRANSFORMS
 
-__all__ = ["METHODS", "load_bundle", "make_inferer", "prepare", "evaluate", "run_benchmark"]
+__all__ = ["METHODS", "load_bundle", "make_inferer", "prepare", "evaluate", "run_benchmark", "run_sweep", "run_volumes"]
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("source", "norm_stats", "tent", "memo", "grata", "grata_no_align", "grata_fixed_lr")
@@ -277,6 +277,51 @@ def run_sweep(
     best = {m: max((r for r in rows if r["method"] == m), key=lambda r: r["dice_mean"]) for m in methods}
     result = {"device": device_name(dev), "git_revision": _git_revision(), "dev_volumes": [v["name"] for v in volumes]}
     result |= {"rows": rows, "best": best}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def run_volumes(
+    dataset_dir: str = str(REPO.parent / "shared" / "data" / "ircad01" / "PATIENT_DICOM"),
+    bundle_dir: str = str(REPO / "bundle"),
+    out: str = str(REPO / "docs" / "benchmarks" / "volumes_ircad01.json"),
+    methods: str | tuple = METHODS,
+    device: str | None = None,
+    settings_from: str | None = str(REPO / "docs" / "benchmarks" / "sweep.json"),
+    amp: bool = False,
+) -> dict:
+    """Unlabelled data (e.g. a new center's DICOM series): predicted organ volumes (mL) per method.
+
+    Volumes come from ``dataset_dir`` as the bundle finds them (NIfTI files or DICOM series) and are
+    preprocessed with the bundle's inference preprocessing; a plausible segmentation has organ
+    volumes in the adult range (liver ~1-2.5 L, each kidney ~0.1-0.25 L, spleen ~0.1-0.4 L).
+    """
+    from grata_monai.io import list_volumes
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    methods = tuple(methods.split(",")) if isinstance(methods, str) else tuple(methods)
+    network, _, bundle = load_bundle(bundle_dir, dev)
+    parser = ConfigParser()
+    parser.read_config(str(Path(bundle_dir) / "configs" / "inference.json"))
+    preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
+    labels = parser.get_parsed_content("num_classes")
+    chosen = json.loads(Path(settings_from).read_text())["best"] if settings_from else {}
+    result = {"device": device_name(dev), "git_revision": _git_revision(), "dataset_dir": str(dataset_dir), "volumes": {}}
+    for item in list_volumes(dataset_dir):
+        image = preprocessing(dict(item))["image"]
+        voxel_ml = float(torch.prod(torch.as_tensor(image.pixdim[:3]))) / 1000.0
+        rows = {}
+        for method in tqdm(methods, desc=Path(item["image"]).name):
+            best = chosen.get("tent" if method in ("tent", "memo") else "grata", {})
+            own = {"amp": amp, **{k: v for k, v in best.items() if k in SWEEP_BASE}}
+            inferer = make_inferer(method, bundle["roi_size"], 4, 0.25, **own)
+            start = time.perf_counter()
+            with torch.no_grad():
+                pred = inferer(torch.as_tensor(image)[None].to(dev), network).argmax(1)
+            counts = torch.bincount(pred.flatten(), minlength=labels).cpu()
+            rows[method] = {"organ_ml": [float(c) * voxel_ml for c in counts[1:]], "seconds": time.perf_counter() - start}
+        result["volumes"][Path(item["image"]).name] = rows
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=1))
     return result

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import fire
 
-from grata_monai.benchmark import run_benchmark, run_sweep
+from grata_monai.benchmark import run_benchmark, run_sweep, run_volumes
 from grata_monai.cache import build_cache
 from grata_monai.report import write_report
 
@@ -29,6 +29,7 @@ COMMANDS = {
     "cache": build_cache,
     "benchmark": _quiet(run_benchmark),
     "sweep": _quiet(run_sweep),
+    "volumes": _quiet(run_volumes),
     "report": _quiet(write_report),
 }
 
