@@ -186,9 +186,14 @@ class AdaptiveInferer(Inferer):
 
     # --- the shared machinery ------------------------------------------------------------------
     @property
+    def last_reports(self) -> list[VolumeReport]:
+        """The reports of the volumes of this thread's last call, in batch order."""
+        return getattr(self._local, "reports", [])
+
+    @property
     def last_report(self) -> VolumeReport | None:
         """The report of the last volume processed by this thread."""
-        return getattr(self._local, "report", None)
+        return self.last_reports[-1] if self.last_reports else None
 
     def reset(self) -> None:
         """Drop the continually adapted state; the next call starts from the source weights."""
@@ -320,13 +325,14 @@ class AdaptiveInferer(Inferer):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         report.total_seconds = time.perf_counter() - start
-        self._local.report = report
+        self._local.reports.append(report)
         return logits
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Adapt to each volume of the batch ``inputs`` and return its sliding-window logits."""
         source = unwrap_network(network)
         inputs = self._check(inputs, source)
+        self._local.reports = []
         device = self._adapt_device(inputs, source)
         with contextlib.nullcontext() if self.episodic else self._lock:
             if len(inputs) == 1:

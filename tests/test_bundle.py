@@ -216,3 +216,16 @@ def test_evaluate_config_carries_the_label_through_every_spatial_transform():
         if t["_target_"] == "Spacingd":
             assert t["mode"] == ["bilinear", "nearest"]
         assert "mode" not in t or t["_target_"] == "Spacingd", t
+
+
+@pytest.mark.realdata
+def test_inference_skips_a_corrupt_file_and_names_it(tmp_path):
+    src = abdomen_dir() / MR_VOLUME
+    data, out = tmp_path / "in", tmp_path / "out"
+    data.mkdir()
+    shutil.copy(src, data / src.name)
+    (data / "broken.nii.gz").write_bytes(src.read_bytes()[:5000])  # truncated
+    r = _bundle_run([INFERENCE], tmp_path, "--dataset_dir", str(data), "--output_dir", str(out), *QUICK)
+    assert r.returncode != 0 and "broken.nii.gz" in r.stderr and "1 processed" in r.stderr
+    written = sorted(p.name for p in out.iterdir())
+    assert written == [src.name.replace(".nii.gz", "_seg.nii.gz"), src.name.replace(".nii.gz", "_seg_report.json")]
