@@ -8,7 +8,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["ORGANS", "method_table", "worse_volumes", "sweep_table", "plot_gains", "write_report"]
+__all__ = ["ORGANS", "method_table", "worse_volumes", "sweep_table", "volumes_table", "plot_gains", "write_report"]
+
+# Typical adult organ volumes in mL (liver ~1-2.5 L; each kidney ~100-250 mL; spleen ~100-400 mL).
+PLAUSIBLE_ML = ((1000, 2500), (100, 250), (100, 250), (100, 400))
 
 ORGANS = ("liver", "R kidney", "L kidney", "spleen")
 
@@ -66,6 +69,16 @@ def sweep_table(sweep: dict) -> str:
     for row in sweep["rows"]:
         cells = [str(row.get(k, "all") if row.get(k) is not None else "all") for k in keys]
         lines.append("| " + " | ".join(cells) + f" | {_pct(row['dice_mean'])} | {1000 * row['infer_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def volumes_table(volumes: dict) -> str:
+    """Markdown table of predicted organ volumes (mL) per input and method, flagged when implausible."""
+    lines = ["| input | method | " + " | ".join(f"{o} mL" for o in ORGANS) + " | s |", "|" + "---|" * (len(ORGANS) + 3)]
+    for name, rows in volumes["volumes"].items():
+        for method, row in rows.items():
+            cells = [f"{ml:.0f}" + ("" if lo <= ml <= hi else " ⚠") for ml, (lo, hi) in zip(row["organ_ml"], PLAUSIBLE_ML)]
+            lines.append(f"| {name} | {method} | " + " | ".join(cells) + f" | {row['seconds']:.1f} |")
     return "\n".join(lines)
 
 
@@ -128,6 +141,14 @@ def write_report(bench_dir: str | Path, md: str | Path) -> str:
             "## Choosing the defaults (sweep on the dev volumes)\n",
             f"Device: **{data['device']}**; dev volumes: {', '.join(data['dev_volumes'])}.\n",
             sweep_table(data) + "\n",
+        ]
+    for path in sorted(bench_dir.glob("volumes*.json")):
+        data = json.loads(path.read_text())
+        parts += [
+            f"## Unlabelled new center — `{path.name}`\n",
+            f"Device: **{data['device']}**; input `{data['dataset_dir']}`. Predicted organ volumes; ⚠ marks a "
+            "volume outside the typical adult range (liver 1–2.5 L, kidney 100–250 mL, spleen 100–400 mL).\n",
+            volumes_table(data) + "\n",
         ]
     notes = bench_dir / "notes.md"
     if notes.is_file():

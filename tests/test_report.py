@@ -41,3 +41,10 @@ def test_write_report_makes_markdown_and_figure(tmp_path):
     text = write_report(tmp_path, tmp_path / "benchmarks.md")
     assert "grata" in text and (tmp_path / "results_mr.png").stat().st_size > 1000
     assert "v1 (-5.0)" in text
+
+
+def test_volumes_table_flags_implausible_organs():
+    from grata_monai.report import volumes_table
+
+    table = volumes_table({"volumes": {"ct": {"grata": {"organ_ml": [1500, 150, 40, 200], "seconds": 1.0}}}})
+    assert "| ct | grata | 1500 | 150 | 40 ⚠ | 200 | 1.0 |" in table
