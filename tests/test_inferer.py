@@ -153,6 +153,8 @@ def test_threads_share_one_network(unet, volume):
     [
         (torch.rand(1, 40, 36, 20), "spatial dims"),
         (torch.full((1, 1, 20, 20, 20), float("nan")), "NaN or Inf"),
+        (torch.rand(1, 1, 20, 20, 20).index_fill(3, torch.tensor([3]), float("inf")), "NaN or Inf"),
+        (torch.rand(1, 1, 0, 20, 20), "empty"),
     ],
 )
 def test_bad_inputs_are_clear_errors(unet, bad, message):
