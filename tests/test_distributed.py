@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +19,7 @@ from torch import nn
 from grata_monai import GraTaInferer
 from grata_monai.alignment import grata_step
 from grata_monai.distributed import average_across_ranks
+from tests.conftest import abdomen_dir
 
 
 def _net() -> nn.Module:
@@ -109,3 +115,29 @@ def test_continual_inferer_ranks_keep_one_state(tmp_path):
 def test_sync_ranks_needs_continual():
     with pytest.raises(ValueError, match="episodic=False"):
         GraTaInferer((16, 16, 16), sync_ranks=True)
+
+
+def test_multi_gpu_evaluate_config_matches_one_process(tmp_path):
+    """torchrun with 2 ranks (gloo on CPU) shards the volumes and writes the same metrics as one process."""
+    src = abdomen_dir()
+    data = tmp_path / "data"
+    (data / "mr").mkdir(parents=True)
+    items = []
+    for case in ("mr_01", "mr_05"):
+        for kind in ("image", "label"):
+            shutil.copy(src / "mr" / f"{case}_{kind}.nii.gz", data / "mr")
+        items.append({"image": f"mr/{case}_image.nii.gz", "label": f"mr/{case}_label.nii.gz"})
+    (data / "datalist.json").write_text(json.dumps({"mr_test": items}))
+    configs = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+    files = [str(configs / f) for f in ("inference.json", "evaluate.json")]
+    quick = ["--dataset_dir", str(data), "--inferer#steps", "1", "--inferer#patches_per_step", "1"]
+    one = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files)]
+    two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+           str(29500 + (os.getpid() + 13) % 1000), "-m", "monai.bundle", "run",
+           "--config_file", str(files + [str(configs / "multi_gpu_evaluate.json")])]
+    for cmd, out in ((one, "one"), (two, "two")):
+        r = subprocess.run(cmd + quick + ["--output_dir", str(tmp_path / out)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+    rows = {out: (tmp_path / out / "mean_dice_raw.csv").read_text().splitlines() for out in ("one", "two")}
+    assert len(rows["one"]) == 3 and sorted(rows["one"]) == sorted(rows["two"])
+    assert (tmp_path / "one" / "metrics.csv").read_text() == (tmp_path / "two" / "metrics.csv").read_text()
