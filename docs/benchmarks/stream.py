@@ -1,6 +1,8 @@
-"""Throughput of the bundle's evaluation on N ranks: `torchrun --nproc_per_node=N docs/benchmarks/stream.py DATA KEY OUT`.
+"""Throughput of the bundle's evaluation on N ranks:
+`torchrun --nproc_per_node=N docs/benchmarks/stream.py DATA KEY OUT [REPEAT]`.
 
-Times `evaluator.run()` alone (between barriers, after start-up) and prints volumes/s on rank 0.
+Runs the datalist split KEY of DATA repeated REPEAT times (default 4) as one stream, times
+`evaluator.run()` alone (between barriers, after start-up) and prints volumes/s on rank 0.
 """
 
 import json
@@ -13,8 +15,12 @@ from monai.bundle import ConfigWorkflow
 
 configs = Path(__file__).resolve().parents[2] / "bundle" / "configs"
 data, key, out = sys.argv[1:4]
+repeat = int(sys.argv[4]) if len(sys.argv) > 4 else 4
 files = [str(configs / f) for f in ("inference.json", "evaluate.json", "multi_gpu_evaluate.json")]
-wf = ConfigWorkflow(files, workflow_type="infer", dataset_dir=data, data_list_key=key, output_dir=out, run_id="run")
+stream = f"$monai.data.load_decathlon_datalist(@datalist_file, data_list_key=@data_list_key, base_dir=@dataset_dir) * {repeat}"
+wf = ConfigWorkflow(
+    files, workflow_type="infer", dataset_dir=data, data_list_key=key, output_dir=out, datalist=stream, run_id="run"
+)
 wf.initialize()
 n = len(wf.parser.get_parsed_content("datalist"))
 dist.barrier()
