@@ -18,6 +18,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch
 from monai.bundle import ConfigParser
 
@@ -229,3 +231,33 @@ def test_inference_skips_a_corrupt_file_and_names_it(tmp_path):
     assert r.returncode != 0 and "broken.nii.gz" in r.stderr and "1 processed" in r.stderr
     written = sorted(p.name for p in out.iterdir())
     assert written == [src.name.replace(".nii.gz", "_seg.nii.gz"), src.name.replace(".nii.gz", "_seg_report.json")]
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    spacing=st.tuples(st.floats(0.5, 6.0), st.floats(0.5, 6.0), st.floats(1.0, 8.0)),
+    scale=st.floats(1.0, 4000.0),
+    offset=st.floats(-1024.0, 100.0),
+    dtype=st.sampled_from([np.uint8, np.int16, np.float32]),
+    flips=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+)
+def test_property_preprocessing_any_spacing_range_dtype_orientation(tmp_path, spacing, scale, offset, dtype, flips):
+    """Whatever the input grid, intensity range, dtype or axis directions: RAS, 2x2x4 mm, finite [0, 1]."""
+    from monai.bundle import ConfigParser
+
+    rng = np.random.default_rng(0)
+    data = rng.random((24, 20, 10)) * scale + offset
+    data[6:18, 5:15, 2:8] += scale  # a 'body' brighter than the background
+    if dtype != np.float32:
+        info = np.iinfo(dtype)
+        data = np.clip(data, info.min, info.max)
+    affine = np.diag([(-s if f else s) for s, f in zip(spacing, flips)] + [1.0])
+    path = tmp_path / f"v_{abs(hash((spacing, scale, offset, str(dtype), flips)))}.nii.gz"
+    nib.save(nib.Nifti1Image(data.astype(dtype), affine), str(path))
+    parser = ConfigParser()
+    parser.read_config(str(INFERENCE))
+    image = parser.get_parsed_content("preprocessing")({"image": str(path)})["image"]
+    assert image.dtype == torch.float32 and min(image.shape[1:]) > 0
+    assert torch.isfinite(image).all() and image.min() >= 0.0 and image.max() <= 1.0
+    np.testing.assert_allclose(image.pixdim.numpy(), [2.0, 2.0, 4.0], rtol=1e-4)
+    assert np.all(np.diag(image.affine.numpy())[:3] > 0)  # RAS
