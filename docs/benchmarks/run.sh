@@ -9,11 +9,15 @@ OUT=${2:-docs/benchmarks}
 mkdir -p "$OUT"
 python -m grata_monai.cli sweep --data_dir "$DATA" --out "$OUT/sweep.json" --amp=True
 python -m grata_monai.cli benchmark --data_dir "$DATA" --key mr_test --amp=True \
-  --settings_from "$OUT/sweep.json" --out "$OUT/results_mr.json"
+  --settings_from "$OUT/sweep.json" --out "$OUT/results.json"
 python -m grata_monai.cli benchmark --data_dir "$DATA" --key mr_test --amp=False --batch_views=False --methods source,norm_stats,grata \
   --settings_from "$OUT/sweep.json" --out "$OUT/results_mr_before.json"
 python -m grata_monai.cli benchmark --data_dir "$DATA" --key ct_val --amp=True \
   --settings_from "$OUT/sweep.json" --out "$OUT/results_ct.json"
+IRCAD=${IRCAD:-../shared/data/ircad01/PATIENT_DICOM}   # the unlabelled third-center CT series, where present
+if [ -d "$IRCAD" ]; then
+  python -m grata_monai.cli volumes --dataset_dir "$IRCAD" --out "$OUT/volumes_ircad01.json"
+fi
 if python -c "import matplotlib" 2>/dev/null; then
   python -m grata_monai.cli report --bench_dir "$OUT" --md docs/benchmarks.md
 fi
