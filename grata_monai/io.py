@@ -7,12 +7,16 @@ bundle config locate its own folder from any working directory.
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["NIFTI_SUFFIXES", "as_bool", "list_volumes", "output_path", "check_no_overwrite", "bundle_root"]
+import torch
+
+__all__ = ["NIFTI_SUFFIXES", "as_bool", "list_volumes", "output_path", "check_no_overwrite", "bundle_root", "body_mask"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -54,7 +58,9 @@ def _is_dicom_series(path: Path) -> bool:
     return any(_is_dicom_file(p) for p in files[:8])
 
 
-def list_volumes(dataset_dir: str | os.PathLike, key: str = "image") -> list[dict[str, str]]:
+def list_volumes(
+    dataset_dir: str | os.PathLike, key: str = "image", exclude: Sequence[str] = ()
+) -> list[dict[str, str]]:
     """List the volumes in a folder as datalist items ``{key: path}``.
 
     A volume is a NIfTI file (``*.nii``, ``*.nii.gz``) directly in ``dataset_dir``, or a
@@ -64,6 +70,8 @@ def list_volumes(dataset_dir: str | os.PathLike, key: str = "image") -> list[dic
     Args:
         dataset_dir: folder to scan.
         key: datalist key of the image path.
+        exclude: file-name patterns (``fnmatch``) to skip, e.g. label maps stored beside the
+            images (``*_label.nii.gz``) or earlier outputs (``*_seg.nii.gz``).
 
     Raises:
         FileNotFoundError: the folder does not exist or holds no volume; the message says
@@ -75,7 +83,7 @@ def list_volumes(dataset_dir: str | os.PathLike, key: str = "image") -> list[dic
             f"dataset_dir '{root}' is not a folder: pass --dataset_dir <folder of NIfTI files "
             "(*.nii, *.nii.gz) or DICOM series folders>."
         )
-    entries = sorted(root.iterdir())
+    entries = sorted(p for p in root.iterdir() if not any(fnmatch.fnmatch(p.name, x) for x in exclude))
     items = [str(p) for p in entries if _is_nifti(p)]
     items += [str(p) for p in entries if _is_dicom_series(p)]
     if not items and _is_dicom_series(root):
@@ -169,3 +177,13 @@ def bundle_root(fallback: str | os.PathLike | None = None) -> str:
         root = Path(fallback) if fallback is not None else Path.cwd()
     root = root.resolve()
     return str(root.parent if root.name == "configs" else root)
+
+
+def body_mask(image: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
+    """The body for ``CropForegroundd``: voxels above ``threshold`` of an image scaled to [0, 1].
+
+    A volume with nothing above it (blank or constant) keeps its whole extent instead of being
+    cropped to an empty array.
+    """
+    mask = image > threshold
+    return mask if mask.any() else torch.ones_like(mask)

@@ -260,7 +260,7 @@ def test_integer_volume_is_cast(unet, volume):
     assert out.dtype == torch.float32 and torch.equal(out, ref)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=12, deadline=None, derandomize=True)
 @given(
     shape=st.tuples(st.integers(4, 36), st.integers(4, 36), st.integers(4, 24)),
     scale=st.floats(1e-3, 1e4),

@@ -89,3 +89,22 @@ def test_bundle_root_fallbacks(tmp_path, monkeypatch):
     assert bundle_root() == str((tmp_path / "b").resolve())
     monkeypatch.setattr(sys, "argv", ["x"])
     assert bundle_root(tmp_path) == str(tmp_path.resolve())
+
+
+def test_list_volumes_excludes_label_maps_beside_the_images(tmp_path):
+    for name in ("a_image.nii.gz", "a_label.nii.gz", "b.nii", "b_seg.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    items = list_volumes(tmp_path, exclude=["*_label.nii*", "*_seg.nii*"])
+    assert [Path(i["image"]).name for i in items] == ["a_image.nii.gz", "b.nii"]
+    assert len(list_volumes(tmp_path)) == 4
+
+
+def test_body_mask_keeps_a_blank_volume_whole():
+    import torch
+
+    from grata_monai.io import body_mask
+
+    image = torch.zeros(1, 4, 4, 4)
+    assert body_mask(image).all()
+    image[0, 1, 1, 1] = 1.0
+    assert body_mask(image).sum() == 1
