@@ -30,7 +30,7 @@ from grata_monai.alignment import StepRecord, grata_step
 from grata_monai.distributed import any_across_ranks, average_across_ranks
 from grata_monai.guard import DivergenceGuard, measure
 from grata_monai.losses import WEAK_TRANSFORMS, ConsistencyLoss, EntropyLoss
-from grata_monai.norms import configure_model, settle_batch_norm_statistics
+from grata_monai.norms import configure_model, settle_batch_norm_statistics, use_test_statistics
 
 __all__ = ["VolumeReport", "Episode", "AdaptiveInferer", "GraTaInferer", "unwrap_network", "checksum"]
 
@@ -279,6 +279,7 @@ class AdaptiveInferer(Inferer):
         """Run the adaptation steps; return the episode to infer with (the guard may replace it)."""
         if self.steps == 0:
             return episode
+        use_test_statistics(episode.network)  # a continual episode left them in inference mode
         sample = self.patch_sampler(episode, volume, device)
         if self.guard is not None:
             heldout = sample()

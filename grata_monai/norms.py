@@ -16,6 +16,7 @@ __all__ = [
     "norm_type",
     "find_norm_layers",
     "configure_model",
+    "use_test_statistics",
     "collect_params",
     "settle_batch_norm_statistics",
 ]
@@ -73,22 +74,27 @@ def collect_params(network: nn.Module) -> tuple[list[nn.Parameter], list[str]]:
     return params, names
 
 
-def configure_model(network: nn.Module) -> list[nn.Parameter]:
-    """Prepare ``network`` (in place) for adaptation and return the adapted parameters.
-
-    All parameters are frozen except the norm layers' affine weight and bias; the network is put in
-    eval mode except its norm layers, which are put in train mode so that they normalize with the
-    statistics of the current test batch.
-    """
-    params, _ = collect_params(network)
+def use_test_statistics(network: nn.Module) -> None:
+    """Put ``network`` in eval mode except its norm layers, which normalize with the statistics of
+    the current test batch (train mode)."""
     network.eval()
-    for p in network.parameters():
-        p.requires_grad_(False)
     for _, module in network.named_modules():
         if norm_type(module):
             module.train()
+
+
+def configure_model(network: nn.Module) -> list[nn.Parameter]:
+    """Prepare ``network`` (in place) for adaptation and return the adapted parameters.
+
+    All parameters are frozen except the norm layers' affine weight and bias, and the norm layers
+    use test statistics (:func:`use_test_statistics`).
+    """
+    params, _ = collect_params(network)
+    for p in network.parameters():
+        p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
+    use_test_statistics(network)
     return params
 
 

@@ -278,3 +278,19 @@ def test_property_any_shape_range_dtype_gives_finite_logits(shape, scale, offset
         out = grata(steps=1, patches_per_step=1)(x, net)
     assert out.shape == (1, 3, *shape) and out.dtype == torch.float32
     assert torch.isfinite(out).all()
+
+
+def test_continual_adaptation_uses_test_statistics_on_every_volume(unet, volume):
+    """After a volume's inference (BatchNorm in eval mode), the next volume adapts in test-statistics mode."""
+    seen = []
+
+    class Spy(GraTaInferer):
+        def adapt_step(self, episode, x):
+            seen.append(all(m.training for _, m in find_norm_layers(episode.network)))
+            return super().adapt_step(episode, x)
+
+    inferer = Spy(ROI, steps=1, patches_per_step=2, episodic=False)
+    with torch.no_grad():
+        inferer(volume, unet)
+        inferer(volume, unet)
+    assert seen == [True, True]
