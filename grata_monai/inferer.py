@@ -13,6 +13,7 @@ import copy
 import hashlib
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -48,13 +49,25 @@ def unwrap_network(network: Any) -> nn.Module:
     return network
 
 
+_CHECKSUMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def checksum(network: nn.Module) -> str:
-    """SHA-256 of the network's parameters and buffers (names, dtypes and values)."""
+    """SHA-256 of the network's parameters and buffers (names, dtypes and values).
+
+    Cached per network until any of its tensors is modified in place (tensor version counters).
+    """
+    state = network.state_dict()
+    versions = tuple(t._version for t in state.values())
+    cached = _CHECKSUMS.get(network)
+    if cached is not None and cached[0] == versions:
+        return cached[1]
     digest = hashlib.sha256()
-    for name, tensor in network.state_dict().items():
+    for name, tensor in state.items():
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    _CHECKSUMS[network] = (versions, digest.hexdigest())
     return digest.hexdigest()
 
 

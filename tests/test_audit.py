@@ -43,3 +43,12 @@ def test_no_report_for_a_plain_inferer(tmp_path):
     handler = AuditReportHandler(SlidingWindowInferer(16), str(tmp_path))
     assert handler.write([_output("a.nii", torch.zeros(1, 4, 4, 4))]) == []
     assert not list(tmp_path.iterdir())
+
+
+def test_checksum_follows_in_place_changes(unet):
+    first = checksum(unet)
+    assert checksum(unet) == first
+    with torch.no_grad():
+        next(unet.parameters()).add_(1.0)
+    assert checksum(unet) != first
+    assert checksum(torch.jit.script(unet)) == checksum(unet)
