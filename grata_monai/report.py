@@ -110,8 +110,12 @@ def plot_gains(results: dict, path: str | Path, references: Sequence[str] = ("so
     plt.close(fig)
 
 
-def write_report(bench_dir: str | Path, md: str | Path) -> str:
-    """Write ``md`` from the JSON files in ``bench_dir`` (results*.json, sweep.json) and notes.md."""
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def write_report(bench_dir: str | Path = DOCS / "benchmarks", md: str | Path = DOCS / "benchmarks.md") -> str:
+    """Write ``md`` from the JSON files in ``bench_dir`` (results*.json, sweep.json, volumes*.json)
+    and its notes.md, with a figure per results file."""
     bench_dir, md = Path(bench_dir), Path(md)
     sweep = bench_dir / "sweep.json"
     dev = json.loads(sweep.read_text())["dev_volumes"] if sweep.is_file() else []
