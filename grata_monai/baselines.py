@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from monai.utils import convert_to_tensor
 
 from grata_monai.alignment import StepRecord
 from grata_monai.inferer import AdaptiveInferer, Episode
-from grata_monai.losses import EPS, entropy, probabilities, strong_augmentation
+from grata_monai.losses import augment_each, entropy, probabilities, probability_entropy, strong_augmentation
 
 __all__ = ["NormStatsInferer", "TentInferer", "MemoInferer"]
 
@@ -59,7 +58,7 @@ class MemoInferer(AdaptiveInferer):
         if augment is None:
             augment = episode.state["augment"] = strong_augmentation()
             augment.set_random_state(state=episode.rng)
-        views = torch.cat([torch.stack([convert_to_tensor(augment(img), track_meta=False) for img in x]) for _ in range(self.n_aug)])
-        probs = probabilities(episode.network(views.to(x.dtype)).float(), self.sigmoid)
+        views = torch.cat([augment_each(augment, x) for _ in range(self.n_aug)])
+        probs = probabilities(episode.network(views).float(), self.sigmoid)
         marginal = probs.reshape(self.n_aug, *x.shape[:1], *probs.shape[1:]).mean(dim=0)
-        return self.descend(episode, -(marginal * torch.log(marginal + EPS)).sum(dim=1).mean())
+        return self.descend(episode, probability_entropy(marginal))

@@ -54,6 +54,17 @@ SWEEP_AXES = {
 }
 
 
+def _names(value: str | tuple) -> tuple:
+    """A comma-separated string (as from the command line) or a sequence, as a tuple of names."""
+    return tuple(v for v in value.split(",") if v) if isinstance(value, str) else tuple(value)
+
+
+def _chosen(best: dict, method: str) -> dict:
+    """The sweep's best settings for ``method``: TENT's for the entropy methods, else GraTa's."""
+    row = best.get("tent" if method in ("tent", "memo") else "grata", {})
+    return {k: v for k, v in row.items() if k in SWEEP_BASE}
+
+
 def load_bundle(bundle_dir: str | Path, device: torch.device) -> tuple[torch.nn.Module, Any, dict]:
     """The bundle's network (with ``models/model.pt``), labelled preprocessing and settings."""
     bundle_dir = Path(bundle_dir)
@@ -213,9 +224,9 @@ def run_benchmark(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    methods = tuple(methods.split(",")) if isinstance(methods, str) else tuple(methods)
+    methods = _names(methods)
     if isinstance(weak_transforms, str):
-        weak_transforms = tuple(w for w in weak_transforms.split(",") if w)
+        weak_transforms = _names(weak_transforms)
     network, preprocessing, bundle = load_bundle(bundle_dir, dev)
     volumes = prepare(data_dir, key, preprocessing, limit)
     adapt = {"steps": steps, "patches_per_step": patches_per_step, "lr0": lr0, "episodic": episodic, "amp": amp}
@@ -229,8 +240,7 @@ def run_benchmark(
         "methods": {},
     }
     for method in tqdm(methods, desc="methods"):
-        best = chosen.get("tent" if method in ("tent", "memo") else "grata", {})
-        own = adapt | {k: v for k, v in best.items() if k in SWEEP_BASE}
+        own = adapt | _chosen(chosen, method)
         inferer = make_inferer(method, bundle["roi_size"], sw_batch_size, overlap, **own)
         evaluate(inferer, network, volumes[:1], dev)  # warm-up (cudnn autotuning, allocator)
         if hasattr(inferer, "reset"):
@@ -263,7 +273,7 @@ def run_sweep(
     base = dict(SWEEP_BASE if base is None else base)
     axes = SWEEP_AXES if axes is None else axes
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    methods = tuple(methods.split(",")) if isinstance(methods, str) else tuple(methods)
+    methods = _names(methods)
     network, preprocessing, bundle = load_bundle(bundle_dir, dev)
     volumes = prepare(data_dir, key, preprocessing, dev_volumes)
     configs = [base] + [base | {axis: v} for axis, values in axes.items() for v in values]
@@ -300,7 +310,7 @@ def run_volumes(
     from grata_monai.io import list_volumes
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    methods = tuple(methods.split(",")) if isinstance(methods, str) else tuple(methods)
+    methods = _names(methods)
     network, _, bundle = load_bundle(bundle_dir, dev)
     parser = ConfigParser()
     parser.read_config(str(Path(bundle_dir) / "configs" / "inference.json"))
@@ -313,8 +323,7 @@ def run_volumes(
         voxel_ml = float(torch.prod(torch.as_tensor(image.pixdim[:3]))) / 1000.0
         rows = {}
         for method in tqdm(methods, desc=Path(item["image"]).name):
-            best = chosen.get("tent" if method in ("tent", "memo") else "grata", {})
-            own = {"amp": amp, **{k: v for k, v in best.items() if k in SWEEP_BASE}}
+            own = {"amp": amp, **_chosen(chosen, method)}
             inferer = make_inferer(method, bundle["roi_size"], 4, 0.25, **own)
             start = time.perf_counter()
             with torch.no_grad():

@@ -26,11 +26,13 @@ __all__ = [
     "EPS",
     "WEAK_TRANSFORMS",
     "probabilities",
+    "probability_entropy",
     "entropy",
     "EntropyLoss",
     "weak_transform",
     "soft_pseudo_label",
     "DeviceGaussianNoise",
+    "augment_each",
     "strong_augmentation",
     "ConsistencyLoss",
 ]
@@ -46,10 +48,14 @@ def probabilities(logits: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
     return torch.sigmoid(logits) if sigmoid else torch.softmax(logits, dim=1)
 
 
-def entropy(logits: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
-    """Mean per-voxel prediction entropy, ``-sum_c p_c log(p_c + 1e-6)`` (channels summed)."""
-    p = probabilities(logits.float(), sigmoid)
+def probability_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Mean per-voxel entropy of probabilities ``p``, ``-sum_c p_c log(p_c + 1e-6)`` (channels summed)."""
     return -(p * torch.log(p + EPS)).sum(dim=1).mean()
+
+
+def entropy(logits: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
+    """Mean per-voxel prediction entropy of ``logits`` (see :func:`probability_entropy`)."""
+    return probability_entropy(probabilities(logits.float(), sigmoid))
 
 
 class EntropyLoss:
@@ -119,6 +125,11 @@ class DeviceGaussianNoise(RandomizableTransform):
         return img + std * noise
 
 
+def augment_each(augment: Compose, x: torch.Tensor) -> torch.Tensor:
+    """Apply ``augment`` to each image of the batch ``x`` independently (plain tensors out)."""
+    return torch.stack([convert_to_tensor(augment(img), track_meta=False) for img in x]).to(x.dtype)
+
+
 def strong_augmentation(prob: float = 0.5) -> Compose:
     """The strong intensity augmentation of GraTa, built from MONAI transforms.
 
@@ -167,7 +178,7 @@ class ConsistencyLoss:
 
     def strong(self, x: torch.Tensor) -> torch.Tensor:
         """Strongly augment each image of the batch independently."""
-        return torch.stack([convert_to_tensor(self.augment(img), track_meta=False) for img in x]).to(x.dtype)
+        return augment_each(self.augment, x)
 
     def __call__(self, network: nn.Module, x: torch.Tensor) -> torch.Tensor:
         target = soft_pseudo_label(network, x, self.weak, self.sigmoid, self.batch_views)
