@@ -1,8 +1,8 @@
 """The audit record of one volume: what the inferer did, and the source model it started from.
 
 An adaptive inferer returns its logits as a ``MetaTensor`` whose ``meta[REPORT_KEY]`` holds one
-report per volume of the batch, as JSON text: it travels with the prediction through MONAI's
-decollation and postprocessing to a handler (``grata_monai.bundle.handlers``), and hosts that only
+report per volume of the batch, as JSON text: it travels with the prediction to the evaluator's
+handlers (``grata_monai.bundle.handlers``) and through MONAI's decollation, and hosts that only
 take the tensor (MONAI Label, MONAI Deploy) are unaffected. Fields: ``docs/reliability.md``.
 """
 

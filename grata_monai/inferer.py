@@ -242,8 +242,9 @@ class AdaptiveInferer(Inferer):
         report = VolumeReport(self.method, self.settings(), device=str(device), source_sha256=checksum(source))
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp and device.type == "cuda")
         start = time.perf_counter()
+        episode = self.episode_for(source, device)  # copied under the host's no_grad: leaf parameters
         with torch.enable_grad(), autocast:
-            episode = self.adapt(self.episode_for(source, device), volume, device, report)
+            episode = self.adapt(episode, volume, device, report)
         report.adapt_seconds = _seconds_since(start, device)
         with torch.no_grad(), autocast:
             self.settle(episode, volume, device)

@@ -200,8 +200,10 @@ def test_inference_end_to_end_on_real_mr(tmp_path, where):
 
 
 def test_inference_without_bundle_root_says_to_pass_it(tmp_path):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(INFERENCE), "--dataset_dir", str(tmp_path),
-           "--output_dir", str(tmp_path / "o")]
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), str(tmp_path / "in" / "v.nii.gz"))
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(INFERENCE),
+           "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "o")]
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode != 0 and "--bundle_root" in r.stderr
 

@@ -1,4 +1,5 @@
-"""The audit report saved next to each segmentation by the bundle's handler."""
+"""The audit report saved next to each segmentation by the bundle's handler (unit test; the bundle
+run in test_bundle.py writes it end to end)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from monai.data import MetaTensor, decollate_batch
+from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 
 from grata_monai import GraTaInferer
@@ -16,12 +17,12 @@ from grata_monai.bundle.handlers import AuditReportHandler
 
 
 def _engine(inferer, unet, volume, names: list[str]):
-    """The engine state after one iteration of a SupervisedEvaluator: decollated outputs."""
+    """The engine state of a SupervisedEvaluator once the inferer has returned (FORWARD_COMPLETED)."""
     batch = MetaTensor(torch.cat([volume, volume.flip(2)][: len(names)]), meta={"filename_or_obj": names})
     batch.is_batch = True
     with torch.no_grad():
         pred = inferer(batch, unet)
-    return SimpleNamespace(state=SimpleNamespace(output=decollate_batch({"pred": pred})))
+    return SimpleNamespace(state=SimpleNamespace(output={"image": batch, "pred": pred}))
 
 
 def test_one_report_per_volume_with_the_documented_fields(unet, volume, tmp_path):
@@ -44,5 +45,5 @@ def test_one_report_per_volume_with_the_documented_fields(unet, volume, tmp_path
 
 def test_no_report_for_a_plain_inferer(unet, volume, tmp_path):
     engine = _engine(SlidingWindowInferer(16), unet, volume, ["/data/a.nii"])
-    assert AuditReportHandler(str(tmp_path)).write(engine.state.output) == []
+    assert AuditReportHandler(str(tmp_path)).write(engine.state.output["pred"]) == []
     assert not list(tmp_path.iterdir())
