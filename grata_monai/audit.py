@@ -1,69 +1,75 @@
-"""The audit trail: save each volume's adaptation report as JSON next to its segmentation."""
+"""The audit record of one volume: what the inferer did, and the source model it started from.
+
+An adaptive inferer returns its logits as a ``MetaTensor`` whose ``meta[REPORT_KEY]`` holds one
+report per volume of the batch, as JSON text: it travels with the prediction to the evaluator's
+handlers (``grata_monai.bundle.handlers``) and through MONAI's decollation, and hosts that only
+take the tensor (MONAI Label, MONAI Deploy) are unaffected. Fields: ``docs/reliability.md``.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-from pathlib import Path
-from typing import Any
+import weakref
+from dataclasses import asdict, dataclass, field
 
-from monai.utils import min_version, optional_import
+import torch
+from monai.data import MetaTensor
+from torch import nn
 
-from grata_monai.inferer import AdaptiveInferer
+__all__ = ["REPORT_KEY", "VolumeReport", "checksum", "attach_reports", "reports_of"]
 
-Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-
-__all__ = ["AuditReportHandler", "report_path"]
-
-
-def report_path(source: str, output_dir: str, postfix: str) -> Path:
-    """``<output_dir>/<input stem>_<postfix>.json`` for the input ``source`` (file or folder)."""
-    name = Path(str(source).rstrip("/\\")).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    return Path(output_dir) / f"{name}_{postfix}.json"
+REPORT_KEY = "grata_report"
 
 
-class AuditReportHandler:
-    """An ignite handler for the bundle's evaluator: after each iteration, write the inferer's report
-    of every volume of the batch to :func:`report_path` of its input.
+@dataclass
+class VolumeReport:
+    """What the inferer did for one volume (the audit record; see docs/reliability.md)."""
 
-    The report holds the method and settings, each step's aux/pseudo loss, cosine and lr, whether
-    the divergence guard fired and why, adaptation and total seconds, the device and the source
-    model's SHA-256 (fields: docs/reliability.md). An existing report is not replaced unless
-    ``overwrite`` is set: the write is refused with a ``FileExistsError``. Being a handler of the
-    bundle's own evaluator, it does not run inside MONAI Label or MONAI Deploy, which ignore handlers.
+    method: str
+    settings: dict = field(default_factory=dict)
+    steps: list[dict] = field(default_factory=list)
+    guard: str | None = None
+    adapt_seconds: float = 0.0
+    total_seconds: float = 0.0
+    device: str = ""
+    source_sha256: str = ""
 
-    Args:
-        inferer: the bundle's inferer (a :class:`~grata_monai.inferer.AdaptiveInferer`; others write nothing).
-        output_dir: where the segmentations are written.
-        postfix: file name postfix, e.g. ``"seg_report"``.
-        overwrite: replace an existing report.
-        key: the output key whose metadata names the input.
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_CHECKSUMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def checksum(network: nn.Module) -> str:
+    """SHA-256 of the network's parameters and buffers (names, dtypes and values).
+
+    Cached per network until any of its tensors is modified in place (tensor version counters).
     """
+    state = network.state_dict()
+    versions = tuple(t._version for t in state.values())
+    cached = _CHECKSUMS.get(network)
+    if cached is not None and cached[0] == versions:
+        return cached[1]
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    _CHECKSUMS[network] = (versions, digest.hexdigest())
+    return digest.hexdigest()
 
-    def __init__(self, inferer: Any, output_dir: str, postfix: str = "report", overwrite: bool = False, key: str = "pred"):
-        self.inferer, self.output_dir, self.postfix, self.overwrite, self.key = inferer, output_dir, postfix, overwrite, key
 
-    def attach(self, engine: Any) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+def attach_reports(logits: torch.Tensor, reports: list[VolumeReport]) -> MetaTensor:
+    """``logits`` (B, C, *spatial) as a batch ``MetaTensor`` carrying one report per volume."""
+    out = logits if isinstance(logits, MetaTensor) else MetaTensor(logits)
+    out.meta[REPORT_KEY] = [json.dumps(r.to_dict(), default=str) for r in reports]
+    return out
 
-    def write(self, outputs: list[dict]) -> list[Path]:
-        """Write one report per output item (decollated batch); return the paths written."""
-        if not isinstance(self.inferer, AdaptiveInferer):
-            return []
-        paths = []
-        for item, report in zip(outputs, self.inferer.last_reports):
-            source = getattr(item.get(self.key), "meta", {}).get("filename_or_obj", "volume")
-            path = report_path(source, self.output_dir, self.postfix)
-            if path.exists() and not self.overwrite:
-                raise FileExistsError(f"audit report '{path}' already exists; pass --overwrite true to replace it.")
-            os.makedirs(path.parent, exist_ok=True)
-            path.write_text(json.dumps({"input": str(source), **report.to_dict()}, indent=1, default=str))
-            paths.append(path)
-        return paths
 
-    def __call__(self, engine: Any) -> None:
-        output = engine.state.output
-        self.write(output if isinstance(output, list) else [output])
+def reports_of(output: torch.Tensor) -> list[dict]:
+    """The reports an adaptive inferer attached to ``output`` (a batch, or one decollated item);
+    empty for any other tensor."""
+    value = getattr(output, "meta", {}).get(REPORT_KEY, [])
+    return [json.loads(v) for v in ([value] if isinstance(value, str) else value)]

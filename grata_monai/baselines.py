@@ -13,29 +13,35 @@ import torch
 
 from grata_monai.alignment import StepRecord
 from grata_monai.inferer import AdaptiveInferer, Episode
-from grata_monai.losses import augment_each, entropy, probabilities, probability_entropy, strong_augmentation
+from grata_monai.losses import entropy, probabilities, probability_entropy
+from grata_monai.views import augment_each, strong_augmentation
 
 __all__ = ["NormStatsInferer", "TentInferer", "MemoInferer"]
 
 
 class NormStatsInferer(AdaptiveInferer):
-    """Norm-statistics adaptation: no gradient step, only per-volume normalization statistics."""
+    """Norm-statistics adaptation: no gradient step, only per-volume normalization statistics.
+
+    Raises:
+        ValueError: when given ``steps`` other than 0 (use :class:`TentInferer` or
+            ``GraTaInferer`` to take gradient steps).
+    """
 
     method = "norm_stats"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["steps"] = 0
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, steps: int = 0, **kwargs: Any) -> None:
+        if steps != 0:
+            raise ValueError(
+                f"NormStatsInferer takes no gradient steps, got steps={steps}: leave steps out, or use "
+                "TentInferer / GraTaInferer to adapt weights."
+            )
+        super().__init__(*args, steps=0, **kwargs)
 
 
 class TentInferer(AdaptiveInferer):
     """TENT (Wang et al., ICLR 2021): minimise the prediction entropy over the norm affine parameters."""
 
     method = "tent"
-
-    def __init__(self, *args: Any, sigmoid: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.sigmoid = sigmoid
 
     def adapt_step(self, episode: Episode, x: torch.Tensor) -> StepRecord:
         return self.descend(episode, entropy(episode.network(x), self.sigmoid))
@@ -47,11 +53,11 @@ class MemoInferer(AdaptiveInferer):
 
     method = "memo"
 
-    def __init__(self, *args: Any, n_aug: int = 4, sigmoid: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, n_aug: int = 4, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if n_aug < 1:
             raise ValueError(f"n_aug must be >= 1, got {n_aug}.")
-        self.n_aug, self.sigmoid = n_aug, sigmoid
+        self.n_aug = n_aug
 
     def adapt_step(self, episode: Episode, x: torch.Tensor) -> StepRecord:
         augment = episode.state.get("augment")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from grata_monai.distributed import any_across_ranks
 from grata_monai.losses import entropy
 
 __all__ = ["Signals", "measure", "DivergenceGuard"]
@@ -46,7 +47,8 @@ def measure(network: nn.Module, patches: torch.Tensor, sigmoid: bool = False) ->
 
 @dataclass
 class DivergenceGuard:
-    """The rule above. ``check`` returns the reason the guard fires, or None."""
+    """The rule above. ``check`` returns the reason the guard fires, or None; ``decide`` adds the
+    vote of the ranks that share one adapted state."""
 
     entropy_tolerance: float = 0.1
     volume_ratio: float = 0.5
@@ -66,3 +68,19 @@ class DivergenceGuard:
             if grown or (v0 >= self.min_fraction and not self.volume_ratio * v0 <= v1 <= v0 / self.volume_ratio):
                 return f"predicted volume of class {c} changed from {v0:.4f} to {v1:.4f} of the voxels"
         return None
+
+    def decide(
+        self,
+        before: Signals,
+        after: Signals,
+        params: Sequence[torch.Tensor],
+        losses: Sequence[float],
+        sync_ranks: bool = False,
+        device: torch.device | str = "cpu",
+    ) -> str | None:
+        """:meth:`check`, and with ``sync_ranks`` fire on every rank when it fires on any (ranks that
+        share a continually adapted state must roll back together)."""
+        reason = self.check(before, after, params, losses)
+        if sync_ranks and any_across_ranks(reason is not None, device):
+            reason = reason or "the guard fired on another rank sharing this adapted state"
+        return reason

@@ -1,43 +1,41 @@
 """Inferers that adapt a network on each incoming volume, then run sliding-window inference.
 
-:class:`AdaptiveInferer` holds the machinery every method shares — a private working copy of the
-host's network, norm-layer configuration, patch sampling from the body, per-volume normalization
-statistics and sliding-window inference — and :class:`GraTaInferer` adds the GraTa update. The
-baselines in :mod:`grata_monai.baselines` reuse the same machinery, so comparisons are fair.
+Called like every MONAI inferer, ``inferer(inputs, network)``, under the host's ``no_grad``. Per
+volume: a private copy of the network is configured (:func:`~grata_monai.norms.configure_model`),
+adapted on patches of the body (:mod:`~grata_monai.sampling`), checked by the divergence guard
+(:mod:`~grata_monai.guard`), its normalization statistics settled on the whole volume, and then
+MONAI's ``SlidingWindowInferer`` runs with it. The logits carry the volume's audit report
+(:mod:`~grata_monai.audit`). :class:`GraTaInferer` adds the GraTa update
+(:func:`~grata_monai.alignment.grata_step`); the baselines in :mod:`grata_monai.baselines` share the rest.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import threading
 import time
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from monai.data.utils import dense_patch_slices
+from monai.data import MetaTensor
 from monai.inferers import Inferer, SlidingWindowInferer
-from monai.transforms import RandCropByPosNegLabel, SpatialPad
-from monai.transforms.utils import map_binary_to_indices
-from monai.utils import convert_to_tensor
+from monai.utils import convert_to_dst_type, convert_to_tensor
 from torch import nn
 
+from grata_monai import defaults
 from grata_monai.alignment import StepRecord, grata_step
-from grata_monai.distributed import any_across_ranks, average_across_ranks
+from grata_monai.audit import VolumeReport, attach_reports, checksum
+from grata_monai.distributed import average_across_ranks
 from grata_monai.guard import DivergenceGuard, measure
-from grata_monai.losses import WEAK_TRANSFORMS, ConsistencyLoss, EntropyLoss
+from grata_monai.losses import ConsistencyLoss, EntropyLoss
 from grata_monai.norms import configure_model, settle_batch_norm_statistics, use_test_statistics
+from grata_monai.sampling import body_patches, windows
 
-__all__ = ["VolumeReport", "Episode", "AdaptiveInferer", "GraTaInferer", "unwrap_network", "checksum"]
-
-
-def _layer_name(module: nn.Module) -> str:
-    return getattr(module, "original_name", None) or type(module).__name__
+__all__ = ["Episode", "AdaptiveInferer", "GraTaInferer", "unwrap_network", "check_inputs"]
 
 
 def unwrap_network(network: Any) -> nn.Module:
@@ -49,43 +47,29 @@ def unwrap_network(network: Any) -> nn.Module:
     return network
 
 
-_CHECKSUMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+def check_inputs(inputs: torch.Tensor, network: nn.Module, spatial_dims: int) -> torch.Tensor:
+    """Validate ``inputs`` (B, C, *spatial) for ``network``; return them in the network's floating dtype.
 
-
-def checksum(network: nn.Module) -> str:
-    """SHA-256 of the network's parameters and buffers (names, dtypes and values).
-
-    Cached per network until any of its tensors is modified in place (tensor version counters).
+    Raises:
+        RuntimeError: called under ``torch.inference_mode()``, where gradients cannot come back.
+        ValueError: wrong number of dims or channels, an empty batch, or non-finite voxels.
     """
-    state = network.state_dict()
-    versions = tuple(t._version for t in state.values())
-    cached = _CHECKSUMS.get(network)
-    if cached is not None and cached[0] == versions:
-        return cached[1]
-    digest = hashlib.sha256()
-    for name, tensor in state.items():
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    _CHECKSUMS[network] = (versions, digest.hexdigest())
-    return digest.hexdigest()
-
-
-@dataclass
-class VolumeReport:
-    """What the inferer did for one volume (the audit record; see docs/reliability.md)."""
-
-    method: str
-    settings: dict = field(default_factory=dict)
-    steps: list[dict] = field(default_factory=list)
-    guard: str | None = None
-    adapt_seconds: float = 0.0
-    total_seconds: float = 0.0
-    device: str = ""
-    source_sha256: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("test-time adaptation needs gradients: call the inferer under torch.no_grad(), not torch.inference_mode().")
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim != spatial_dims + 2:
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ValueError(
+            f"inputs must be a batch shaped (B, C, *spatial) with {spatial_dims} spatial dims to match roi_size; got {shape}."
+        )
+    if min(inputs.shape) == 0:
+        raise ValueError(f"inputs are empty: shape {tuple(inputs.shape)}.")
+    conv = next((m for m in network.modules() if _layer_name(m) in ("Conv1d", "Conv2d", "Conv3d")), None)
+    if conv is not None and inputs.shape[1] != conv.weight.shape[1] * conv.groups:
+        raise ValueError(f"inputs have {inputs.shape[1]} channel(s); the network expects {conv.weight.shape[1] * conv.groups}.")
+    inputs = inputs.to(next((p.dtype for p in network.parameters()), torch.float32))  # integer images are cast
+    if not torch.isfinite(inputs).all():
+        raise ValueError("inputs contain NaN or Inf voxels; clean or mask them before inference.")
+    return inputs
 
 
 @dataclass
@@ -104,12 +88,13 @@ class AdaptiveInferer(Inferer):
     """Adapt a copy of the network on patches of each volume, then infer with sliding windows.
 
     The host's network is never modified: each volume (episodic) or each stream (continual) adapts
-    a private copy, so hosts may share one network across requests and threads.
+    a private copy, so hosts may share one network across requests and threads. Without an
+    :meth:`adapt_step` (this class) it adapts the normalization statistics only.
 
     Args:
-        roi_size, sw_batch_size, overlap, mode, sigma_scale, padding_mode, cval, sw_device, device,
-            progress: as in ``monai.inferers.SlidingWindowInferer`` (the adaptation patches are
-            ``roi_size`` crops too).
+        roi_size: sliding-window size, also the size of the adaptation patches.
+        sw_batch_size: windows per forward pass.
+        overlap: window overlap.
         steps: adaptation steps per volume.
         patches_per_step: patches sampled from the volume for each step (one batch).
         lr0: base learning rate of the optimizer.
@@ -118,6 +103,7 @@ class AdaptiveInferer(Inferer):
             across calls until :meth:`reset`.
         amp: bfloat16 autocast on CUDA.
         seed: seed of patch sampling and augmentation (reset for every volume when episodic).
+        sigmoid: multi-label sigmoid outputs instead of softmax (losses and guard).
         foreground_threshold: patch centres are drawn from voxels above this fraction of the
             volume's intensity range (the body rather than air).
         norm_stats: ``"volume"`` settles BatchNorm statistics once per volume (from non-overlapping
@@ -127,6 +113,8 @@ class AdaptiveInferer(Inferer):
             to the unadapted weights for the volume when it diverged or got worse (continual mode:
             reset to the source weights). The reason is in the volume's report.
         guard_entropy_tolerance, guard_volume_ratio: the guard's thresholds.
+        kwargs: other keyword arguments of ``monai.inferers.SlidingWindowInferer`` (``mode``,
+            ``sw_device``, ``device``, ``progress``, ...).
     """
 
     method = "adaptive"
@@ -134,29 +122,24 @@ class AdaptiveInferer(Inferer):
 
     def __init__(
         self,
-        roi_size: Sequence[int] | int,
-        sw_batch_size: int = 1,
-        overlap: float = 0.25,
-        mode: str = "constant",
-        sigma_scale: float = 0.125,
-        padding_mode: str = "constant",
-        cval: float = 0.0,
-        sw_device: torch.device | str | None = None,
-        device: torch.device | str | None = None,
-        progress: bool = False,
+        roi_size: Sequence[int] | int = defaults.ROI_SIZE,
+        sw_batch_size: int = defaults.SW_BATCH_SIZE,
+        overlap: float = defaults.OVERLAP,
         *,
-        steps: int = 10,
-        patches_per_step: int = 4,
-        lr0: float = 1e-3,
+        steps: int = defaults.STEPS,
+        patches_per_step: int = defaults.PATCHES_PER_STEP,
+        lr0: float = defaults.LR0,
         optimizer: str = "adam",
-        episodic: bool = True,
-        amp: bool = False,
-        seed: int = 0,
+        episodic: bool = defaults.EPISODIC,
+        amp: bool = defaults.AMP,
+        seed: int = defaults.SEED,
+        sigmoid: bool = False,
         foreground_threshold: float = 0.1,
         norm_stats: str = "volume",
         guard: bool = True,
         guard_entropy_tolerance: float = 0.1,
         guard_volume_ratio: float = 0.5,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
         if optimizer not in ("adam", "sgd"):
@@ -165,21 +148,25 @@ class AdaptiveInferer(Inferer):
             raise ValueError(f"norm_stats must be 'volume' or 'source', got {norm_stats!r}.")
         if steps < 0 or patches_per_step < 1:
             raise ValueError(f"Need steps >= 0 and patches_per_step >= 1, got {steps} and {patches_per_step}.")
-        self.sliding = SlidingWindowInferer(
-            roi_size, sw_batch_size, overlap, mode, sigma_scale, padding_mode, cval, sw_device, device, progress
-        )
+        self.sliding = SlidingWindowInferer(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, **kwargs)
         self.roi_size = tuple(self.sliding.roi_size)
         self.steps, self.patches_per_step, self.lr0 = steps, patches_per_step, lr0
         self.optimizer, self.episodic, self.amp, self.seed = optimizer, episodic, amp, seed
-        self.foreground_threshold, self.norm_stats = foreground_threshold, norm_stats
+        self.sigmoid, self.foreground_threshold, self.norm_stats = sigmoid, foreground_threshold, norm_stats
         self.guard = DivergenceGuard(guard_entropy_tolerance, guard_volume_ratio) if guard else None
-        self._episode: Episode | None = None
+        self._episode: Episode | None = None  # the continual state
         self._lock = threading.Lock()
-        self._local = threading.local()
 
-    # --- the method-specific part --------------------------------------------------------------
+    # --- the method: configure, adapt, reset ---------------------------------------------------
+    def configure(self, source: nn.Module, device: torch.device) -> Episode:
+        """A fresh episode: a copy of ``source`` with only its norm affine parameters trainable."""
+        network = copy.deepcopy(source).to(device)
+        params = configure_model(network)
+        opt_cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD
+        return Episode(source, network, params, opt_cls(params, lr=self.lr0), np.random.RandomState(self.seed))
+
     def adapt_step(self, episode: Episode, x: torch.Tensor) -> StepRecord | None:
-        """One adaptation step on the patch batch ``x``; the base class adapts no weights."""
+        """One adaptation step on the patch batch ``x``; this class adapts no weights."""
         return None
 
     def descend(self, episode: Episode, loss: torch.Tensor) -> StepRecord:
@@ -192,166 +179,93 @@ class AdaptiveInferer(Inferer):
         episode.optimizer.zero_grad(set_to_none=True)
         return StepRecord(loss.item(), float("nan"), float("nan"), self.lr0)
 
-    def settings(self) -> dict:
-        """The method's settings, for reports."""
-        keys = ("roi_size", "steps", "patches_per_step", "lr0", "optimizer", "episodic", "amp", "seed", "norm_stats")
-        return {"method": self.method, **{k: getattr(self, k) for k in keys}, "guard": self.guard is not None}
-
-    # --- the shared machinery ------------------------------------------------------------------
-    @property
-    def last_reports(self) -> list[VolumeReport]:
-        """The reports of the volumes of this thread's last call, in batch order."""
-        return getattr(self._local, "reports", [])
-
-    @property
-    def last_report(self) -> VolumeReport | None:
-        """The report of the last volume processed by this thread."""
-        return self.last_reports[-1] if self.last_reports else None
-
     def reset(self) -> None:
         """Drop the continually adapted state; the next call starts from the source weights."""
         with self._lock:
             self._episode = None
 
-    def _new_episode(self, source: nn.Module, device: torch.device) -> Episode:
-        network = copy.deepcopy(source).to(device)
-        params = configure_model(network)
-        opt_cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD
-        optimizer = opt_cls(params, lr=self.lr0)
-        return Episode(source, network, params, optimizer, np.random.RandomState(self.seed))
+    def settings(self) -> dict:
+        """The method's settings, for reports."""
+        keys = ("roi_size", "steps", "patches_per_step", "lr0", "optimizer", "episodic", "amp", "seed", "norm_stats")
+        return {"method": self.method, **{k: getattr(self, k) for k in keys}, "guard": self.guard is not None}
 
-    def patch_sampler(self, episode: Episode, volume: torch.Tensor, device: torch.device) -> Callable[[], torch.Tensor]:
-        """A function drawing ``patches_per_step`` roi-sized patches of ``volume`` (C, *spatial) on
-        ``device``, centred on the body (voxels above ``foreground_threshold`` of the range)."""
-        volume = convert_to_tensor(SpatialPad(self.roi_size)(volume.to(device)), track_meta=False)
-        low, high = volume[0].min(), volume[0].max()
-        mask = (volume[0] > low + self.foreground_threshold * (high - low))[None]
-        if not mask.any():
-            mask = torch.ones_like(mask)
-        fg, bg = map_binary_to_indices(mask, None, 0)
-        crop = RandCropByPosNegLabel(self.roi_size, pos=1, neg=0, num_samples=self.patches_per_step)
-        crop.set_random_state(state=episode.rng)
-
-        def sample() -> torch.Tensor:
-            patches = crop(volume, label=mask, fg_indices=fg, bg_indices=bg)
-            return torch.stack([convert_to_tensor(p, track_meta=False) for p in patches])
-
-        return sample
-
-    def _windows(self, volume: torch.Tensor, device: torch.device):
-        """Non-overlapping roi-sized windows covering ``volume`` (C, *spatial), one at a time."""
-        volume = convert_to_tensor(SpatialPad(self.roi_size)(volume), track_meta=False)
-        for s in dense_patch_slices(volume.shape[1:], self.roi_size, self.roi_size):
-            yield volume[(slice(None), *s)][None].to(device)
-
-    def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp and device.type == "cuda")
-
-    def _check(self, inputs: torch.Tensor, network: nn.Module) -> torch.Tensor:
-        """Validate ``inputs`` for ``network``; return them in the network's floating dtype."""
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                f"{type(self).__name__} adapts with gradients: call it under torch.no_grad(), "
-                "not torch.inference_mode()."
-            )
-        if not isinstance(inputs, torch.Tensor) or inputs.ndim != len(self.roi_size) + 2:
-            shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-            raise ValueError(
-                f"inputs must be a batch shaped (B, C, *spatial) with {len(self.roi_size)} spatial dims "
-                f"to match roi_size {self.roi_size}; got {shape}."
-            )
-        if min(inputs.shape) == 0:
-            raise ValueError(f"inputs are empty: shape {tuple(inputs.shape)}.")
-        conv = next((m for m in network.modules() if _layer_name(m) in ("Conv1d", "Conv2d", "Conv3d")), None)
-        if conv is not None:
-            expected = conv.weight.shape[1] * conv.groups
-            if inputs.shape[1] != expected:
-                raise ValueError(f"inputs have {inputs.shape[1]} channel(s); the network expects {expected}.")
-        dtype = next((p.dtype for p in network.parameters()), torch.float32)
-        inputs = inputs.to(dtype)  # integer or other-precision images are cast (documented)
-        if not torch.isfinite(inputs).all():
-            raise ValueError("inputs contain NaN or Inf voxels; clean or mask them before inference.")
-        return inputs
-
-    def _adapt_device(self, inputs: torch.Tensor, network: nn.Module) -> torch.device:
-        if self.sliding.sw_device is not None:
-            return torch.device(self.sliding.sw_device)
-        if inputs.is_cuda:
-            return inputs.device
-        param = next(network.parameters(), None)
-        return param.device if param is not None else inputs.device
-
-    def _episode_for(self, source: nn.Module, device: torch.device) -> Episode:
+    # --- one volume -----------------------------------------------------------------------------
+    def episode_for(self, source: nn.Module, device: torch.device) -> Episode:
+        """A fresh episode (episodic), else the continual one (fresh for a new source network)."""
         if self.episodic:
-            return self._new_episode(source, device)
+            return self.configure(source, device)
         if self._episode is None or self._episode.source is not source:
-            self._episode = self._new_episode(source, device)
+            self._episode = self.configure(source, device)
         return self._episode
 
-    def _adapt(self, episode: Episode, volume: torch.Tensor, device: torch.device, report: VolumeReport) -> Episode:
-        """Run the adaptation steps; return the episode to infer with (the guard may replace it)."""
+    def adapt(self, episode: Episode, volume: torch.Tensor, device: torch.device, report: VolumeReport) -> Episode:
+        """Run the adaptation steps on ``volume`` (C, *spatial); return the episode to infer with,
+        rolled back (or, continual, replaced by a fresh one) when the guard fires."""
         if self.steps == 0:
             return episode
         use_test_statistics(episode.network)  # a continual episode left them in inference mode
-        sample = self.patch_sampler(episode, volume, device)
+        sample = body_patches(volume, self.roi_size, self.patches_per_step, episode.rng, device, self.foreground_threshold)
         if self.guard is not None:
             heldout = sample()
             theta0 = [p.detach().clone() for p in episode.params]
-            before = measure(episode.network, heldout)
+            before = measure(episode.network, heldout, self.sigmoid)
         for _ in range(self.steps):
             record = self.adapt_step(episode, sample())
             if record is not None:
                 report.steps.append(asdict(record))
         if self.guard is None:
             return episode
-        after = measure(episode.network, heldout)
-        report.guard = self.guard.check(before, after, episode.params, [s["aux_loss"] for s in report.steps])
-        if self.sync_ranks and any_across_ranks(report.guard is not None, device):
-            report.guard = report.guard or "the guard fired on another rank sharing this adapted state"
+        after = measure(episode.network, heldout, self.sigmoid)
+        losses = [s["aux_loss"] for s in report.steps]
+        report.guard = self.guard.decide(before, after, episode.params, losses, self.sync_ranks, device)
         if report.guard is None:
             return episode
         if not self.episodic:
-            self._episode = self._new_episode(episode.source, device)
+            self._episode = self.configure(episode.source, device)
             return self._episode
         with torch.no_grad():
             torch._foreach_copy_(episode.params, theta0)
         return episode
 
-    def _infer_volume(self, batch: torch.Tensor, source: nn.Module, device: torch.device) -> torch.Tensor:
-        """Adapt to the single volume of ``batch`` (1, C, *spatial) and return its logits."""
+    def settle(self, episode: Episode, volume: torch.Tensor, device: torch.device) -> None:
+        """Fix the normalization statistics used at inference: the whole volume's, or the source's."""
+        if self.norm_stats == "volume":
+            settle_batch_norm_statistics(episode.network, windows(volume, self.roi_size, device))
+            return
+        for mine, theirs in zip(episode.network.buffers(), episode.source.buffers()):
+            mine.copy_(theirs)  # adaptation forwards updated them; keep the source statistics
+        episode.network.eval()
+
+    def infer_volume(self, batch: torch.Tensor, source: nn.Module, device: torch.device) -> tuple[torch.Tensor, VolumeReport]:
+        """Adapt to the single volume of ``batch`` (1, C, *spatial); return its logits and report."""
         volume = convert_to_tensor(batch[0], track_meta=False)  # MetaTensor ops are slow in the hot loop
         report = VolumeReport(self.method, self.settings(), device=str(device), source_sha256=checksum(source))
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp and device.type == "cuda")
         start = time.perf_counter()
-        episode = self._episode_for(source, device)
-        with torch.enable_grad(), self._autocast(device):
-            episode = self._adapt(episode, volume, device, report)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        report.adapt_seconds = time.perf_counter() - start
-        with torch.no_grad(), self._autocast(device):
-            if self.norm_stats == "volume":
-                settle_batch_norm_statistics(episode.network, self._windows(volume, device))
-            else:
-                for mine, theirs in zip(episode.network.buffers(), source.buffers()):
-                    mine.copy_(theirs)  # adaptation forwards updated them; keep the source statistics
-                episode.network.eval()
+        episode = self.episode_for(source, device)  # copied under the host's no_grad: leaf parameters
+        with torch.enable_grad(), autocast:
+            episode = self.adapt(episode, volume, device, report)
+        report.adapt_seconds = _seconds_since(start, device)
+        with torch.no_grad(), autocast:
+            self.settle(episode, volume, device)
             logits = self.sliding(batch, episode.network)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        report.total_seconds = time.perf_counter() - start
-        self._local.reports.append(report)
-        return logits
+        report.total_seconds = _seconds_since(start, device)
+        return logits, report
 
-    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Adapt to each volume of the batch ``inputs`` and return its sliding-window logits."""
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> MetaTensor:
+        """Adapt to each volume of the batch ``inputs``; return the sliding-window logits, with one
+        report per volume in ``meta[audit.REPORT_KEY]``."""
         source = unwrap_network(network)
-        inputs = self._check(inputs, source)
-        self._local.reports = []
-        device = self._adapt_device(inputs, source)
+        inputs = check_inputs(inputs, source, len(self.roi_size))
+        device = _adaptation_device(inputs, source, self.sliding.sw_device)
         with contextlib.nullcontext() if self.episodic else self._lock:
-            if len(inputs) == 1:
-                return self._infer_volume(inputs, source, device)
-            return torch.cat([self._infer_volume(inputs[i : i + 1], source, device) for i in range(len(inputs))])
+            results = [self.infer_volume(inputs[i : i + 1], source, device) for i in range(len(inputs))]
+        if len(results) == 1:
+            logits = results[0][0]  # sliding-window output: the input's metadata came along
+        else:
+            logits = torch.cat([convert_to_tensor(r[0], track_meta=False) for r in results])
+            logits = convert_to_dst_type(logits, inputs)[0] if isinstance(inputs, MetaTensor) else logits
+        return attach_reports(logits, [r[1] for r in results])
 
 
 class GraTaInferer(AdaptiveInferer):
@@ -359,8 +273,7 @@ class GraTaInferer(AdaptiveInferer):
 
     Args (besides :class:`AdaptiveInferer`'s):
         perturb_scale: scale of the perturbation theta - scale * g_a (1.0 in the paper).
-        weak_transforms: weak transforms averaged into the pseudo-label (``losses.WEAK_TRANSFORMS``).
-        sigmoid: multi-label sigmoid outputs instead of softmax.
+        weak_transforms: weak views averaged into the pseudo-label (from ``views.WEAK_VIEWS``).
         strong_prob: probability of each strong intensity augmentation.
         batch_views: predict the weak views of the pseudo-label in one batch (faster on GPUs).
         align: ablation switch; False takes the pseudo gradient at theta (no perturbation).
@@ -374,40 +287,35 @@ class GraTaInferer(AdaptiveInferer):
 
     def __init__(
         self,
-        roi_size: Sequence[int] | int,
-        sw_batch_size: int = 1,
-        overlap: float = 0.25,
-        *args: Any,
-        perturb_scale: float = 1.0,
-        weak_transforms: Sequence[str] = WEAK_TRANSFORMS,
-        sigmoid: bool = False,
+        roi_size: Sequence[int] | int = defaults.ROI_SIZE,
+        sw_batch_size: int = defaults.SW_BATCH_SIZE,
+        overlap: float = defaults.OVERLAP,
+        *,
+        perturb_scale: float = defaults.PERTURB_SCALE,
+        weak_transforms: Sequence[str] = defaults.WEAK_TRANSFORMS,
         strong_prob: float = 0.5,
-        batch_views: bool = False,
+        batch_views: bool = defaults.BATCH_VIEWS,
         align: bool = True,
         dynamic_lr: bool = True,
         sync_ranks: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(roi_size, sw_batch_size, overlap, *args, **kwargs)
+        super().__init__(roi_size, sw_batch_size, overlap, **kwargs)
         if sync_ranks and self.episodic:
             raise ValueError("sync_ranks shares one continually adapted state: set episodic=False.")
         self.sync_ranks = sync_ranks
-        self.perturb_scale, self.weak_transforms, self.sigmoid = perturb_scale, tuple(weak_transforms), sigmoid
-        self.strong_prob, self.align, self.dynamic_lr = strong_prob, align, dynamic_lr
-        self.batch_views = batch_views
+        self.perturb_scale, self.weak_transforms = perturb_scale, tuple(weak_transforms)
+        self.strong_prob, self.batch_views, self.align, self.dynamic_lr = strong_prob, batch_views, align, dynamic_lr
         ConsistencyLoss(self.weak_transforms)  # fail early on unknown weak transforms
 
     def settings(self) -> dict:
         keys = ("perturb_scale", "weak_transforms", "sigmoid", "strong_prob", "batch_views", "align", "dynamic_lr")
-        keys += ("sync_ranks",)
-        return {**super().settings(), **{k: getattr(self, k) for k in keys}}
+        return {**super().settings(), **{k: getattr(self, k) for k in keys + ("sync_ranks",)}}
 
     def adapt_step(self, episode: Episode, x: torch.Tensor) -> StepRecord:
         losses = episode.state.get("losses")
         if losses is None:
-            consistency = ConsistencyLoss(
-                self.weak_transforms, self.sigmoid, seed=None, prob=self.strong_prob, batch_views=self.batch_views
-            )
+            consistency = ConsistencyLoss(self.weak_transforms, self.sigmoid, None, self.strong_prob, self.batch_views)
             consistency.augment.set_random_state(state=episode.rng)
             losses = episode.state["losses"] = (EntropyLoss(self.sigmoid), consistency)
         return grata_step(
@@ -422,3 +330,23 @@ class GraTaInferer(AdaptiveInferer):
             dynamic=self.dynamic_lr,
             reduce=average_across_ranks if self.sync_ranks else None,
         )
+
+
+def _layer_name(module: nn.Module) -> str:
+    return getattr(module, "original_name", None) or type(module).__name__  # eager or TorchScript
+
+
+def _adaptation_device(inputs: torch.Tensor, network: nn.Module, sw_device: torch.device | str | None) -> torch.device:
+    """``sw_device`` when set, else CUDA when the inputs are there, else the network's device."""
+    if sw_device is not None:
+        return torch.device(sw_device)
+    if inputs.is_cuda:
+        return inputs.device
+    param = next(network.parameters(), None)
+    return param.device if param is not None else inputs.device
+
+
+def _seconds_since(start: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start

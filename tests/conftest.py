@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny networks for unit tests and the location of the real data."""
+"""Shared fixtures and helpers: tiny networks for unit tests, the bundle and the real data.
+
+Test modules import the helpers as ``from tests.conftest import ...``; fixtures come by name.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,9 @@ import pytest
 import torch
 from monai.networks.nets import UNet
 
-DATA_DIR = Path(os.environ.get("GRATA_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("GRATA_DATA_DIR", ROOT.parent / "shared" / "data"))
+BUNDLE_DIR = Path(os.environ.get("GRATA_BUNDLE_DIR", ROOT / "bundle"))
 
 
 def tiny_unet(norm="batch", seed: int = 0) -> torch.nn.Module:

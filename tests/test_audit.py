@@ -1,48 +1,11 @@
-"""The audit report saved next to each segmentation."""
+"""The audit record: the source checksum, and reports that travel with the prediction."""
 
 from __future__ import annotations
 
-import json
-from types import SimpleNamespace
-
-import pytest
 import torch
-from monai.data import MetaTensor
-from monai.inferers import SlidingWindowInferer
+from monai.data import MetaTensor, decollate_batch
 
-from grata_monai import GraTaInferer
-from grata_monai.audit import AuditReportHandler
-from grata_monai.inferer import checksum
-
-
-def _output(name: str, pred: torch.Tensor) -> dict:
-    return {"pred": MetaTensor(pred, meta={"filename_or_obj": f"/data/{name}"})}
-
-
-def test_one_report_per_volume_with_the_documented_fields(unet, volume, tmp_path):
-    inferer = GraTaInferer((16, 16, 16), steps=2, patches_per_step=2)
-    with torch.no_grad():
-        preds = inferer(torch.cat([volume, volume.flip(2)]), unet)
-    engine = SimpleNamespace(state=SimpleNamespace(output=[_output("a.nii.gz", preds[0]), _output("b", preds[1])]))
-    handler = AuditReportHandler(inferer, str(tmp_path), "seg_report")
-    handler(engine)
-    a = json.loads((tmp_path / "a_seg_report.json").read_text())
-    b = json.loads((tmp_path / "b_seg_report.json").read_text())
-    assert a["input"] == "/data/a.nii.gz" and a["method"] == "grata" and b["input"] == "/data/b"
-    assert a["settings"]["steps"] == 2 and len(a["steps"]) == 2
-    assert {"aux_loss", "pseudo_loss", "cosine", "lr"} <= set(a["steps"][0])
-    assert a["steps"] != b["steps"]  # each volume its own record
-    assert a["guard"] is None and a["adapt_seconds"] > 0 and a["device"] == "cpu"
-    assert a["source_sha256"] == checksum(unet)
-    with pytest.raises(FileExistsError, match="already exists"):
-        handler(engine)
-    AuditReportHandler(inferer, str(tmp_path), "seg_report", overwrite=True)(engine)
-
-
-def test_no_report_for_a_plain_inferer(tmp_path):
-    handler = AuditReportHandler(SlidingWindowInferer(16), str(tmp_path))
-    assert handler.write([_output("a.nii", torch.zeros(1, 4, 4, 4))]) == []
-    assert not list(tmp_path.iterdir())
+from grata_monai.audit import REPORT_KEY, VolumeReport, attach_reports, checksum, reports_of
 
 
 def test_checksum_follows_in_place_changes(unet):
@@ -52,3 +15,20 @@ def test_checksum_follows_in_place_changes(unet):
         next(unet.parameters()).add_(1.0)
     assert checksum(unet) != first
     assert checksum(torch.jit.script(unet)) == checksum(unet)
+
+
+def test_reports_survive_decollation_one_per_volume():
+    batch = MetaTensor(torch.zeros(2, 3, 4, 4, 4), meta={"filename_or_obj": ["a.nii.gz", "b.nii.gz"]})
+    batch.is_batch = True
+    out = attach_reports(batch, [VolumeReport("grata", steps=[{"lr": 1.0}]), VolumeReport("grata", guard="worse")])
+    assert [r["guard"] for r in reports_of(out)] == [None, "worse"]
+    items = decollate_batch({"pred": out})
+    assert [reports_of(i["pred"]) for i in items] == [[reports_of(out)[0]], [reports_of(out)[1]]]
+    assert items[1]["pred"].meta["filename_or_obj"] == "b.nii.gz"
+
+
+def test_plain_tensors_carry_reports_and_others_have_none():
+    out = attach_reports(torch.zeros(1, 2, 3, 3, 3), [VolumeReport("tent")])
+    assert isinstance(out, MetaTensor) and reports_of(out)[0]["method"] == "tent"
+    assert REPORT_KEY in out.meta
+    assert reports_of(torch.zeros(1)) == [] and reports_of(MetaTensor(torch.zeros(1))) == []

@@ -8,7 +8,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 from monai.utils import set_determinism
 
-from grata_monai.augment import RandGIN, RandGINd
+from grata_monai.bundle.augment import RandGIN, RandGINd
 
 
 def _image(shape=(1, 24, 20, 12)) -> torch.Tensor:

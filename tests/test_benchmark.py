@@ -1,20 +1,18 @@
-"""The benchmark and sweep commands end to end on CPU, one real volume, tiny settings."""
+"""The benchmark, source and sweep commands end to end on CPU, one real volume, tiny settings."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch
 
-from grata_monai.benchmark import make_inferer, run_sweep
+from grata_monai import defaults
+from grata_monai.bench import paths
+from grata_monai.bench.benchmark import SWEEP_BASE, make_inferer, run_source, run_sweep
 from grata_monai.inferer import GraTaInferer
-from tests.conftest import abdomen_dir
-
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+from tests.conftest import BUNDLE_DIR, abdomen_dir
 
 
 def test_make_inferer_ablations():
@@ -22,21 +20,43 @@ def test_make_inferer_ablations():
     assert make_inferer("grata_fixed_lr", (16, 16, 16)).dynamic_lr is False
     grata = make_inferer("grata", (16, 16, 16), weak_transforms=("flip1",), perturb_scale=0.5, steps=2)
     assert isinstance(grata, GraTaInferer) and grata.weak_transforms == ("flip1",) and grata.perturb_scale == 0.5
+    assert make_inferer("norm_stats", (16, 16, 16), steps=5).steps == 0  # norm statistics take no steps
     with pytest.raises(ValueError, match="Unknown method"):
         make_inferer("sar", (16, 16, 16))
 
 
+def test_sweep_is_centred_on_the_defaults():
+    assert SWEEP_BASE["steps"] == defaults.STEPS and SWEEP_BASE["weak_transforms"] == defaults.WEAK_TRANSFORMS
+
+
+def test_paths_come_from_arguments_or_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("GRATA_DATA_DIR", raising=False)
+    monkeypatch.delenv("GRATA_BUNDLE_DIR", raising=False)
+    with pytest.raises(FileNotFoundError, match="GRATA_DATA_DIR"):
+        paths.data_dir(None)
+    with pytest.raises(FileNotFoundError, match="GRATA_BUNDLE_DIR"):
+        paths.bundle_dir(None)
+    with pytest.raises(FileNotFoundError, match="no configs/"):
+        paths.bundle_dir(tmp_path)
+    (tmp_path / "abdomen").mkdir()
+    (tmp_path / "configs").mkdir()
+    monkeypatch.setenv("GRATA_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("GRATA_BUNDLE_DIR", str(tmp_path))
+    assert paths.data_dir(None) == tmp_path / "abdomen" and paths.bundle_dir(None) == tmp_path
+
+
 @pytest.fixture
 def data():
-    if not (BUNDLE / "models" / "model.pt").is_file():
-        pytest.skip("bundle/models/model.pt not present")
+    if not (BUNDLE_DIR / "models" / "model.pt").is_file():
+        pytest.skip(f"{BUNDLE_DIR}/models/model.pt not present")
     return abdomen_dir()
 
 
 def test_benchmark_command_end_to_end(data, tmp_path):
     out = tmp_path / "results.json"
-    cmd = [sys.executable, "-m", "grata_monai.cli", "benchmark", "--data_dir", str(data), "--limit", "1",
-           "--methods", "source,grata", "--steps", "1", "--patches_per_step", "1", "--out", str(out), "--device", "cpu"]
+    cmd = [sys.executable, "-m", "grata_monai.bench.cli", "benchmark", "--data_dir", str(data), "--limit", "1",
+           "--methods", "source,grata", "--steps", "1", "--patches_per_step", "1", "--out", str(out), "--device", "cpu",
+           "--bundle_dir", str(BUNDLE_DIR)]
     subprocess.run(cmd, check=True, capture_output=True)
     results = json.loads(out.read_text())
     assert set(results["methods"]) == {"source", "grata"}
@@ -48,11 +68,20 @@ def test_benchmark_command_end_to_end(data, tmp_path):
     assert results["data"]["volumes"] == ["mr_01_image"]
 
 
+def test_source_command_running_and_per_volume_statistics(data, tmp_path):
+    out = tmp_path / "source.json"
+    result = run_source(splits="mr_test", data_dir=str(data), bundle_dir=str(BUNDLE_DIR), out=str(out), device="cpu", limit=1)
+    running, per_volume = result["mr_test"]["running"]["summary"], result["mr_test"]["per_volume"]["summary"]
+    assert len(running["dice_per_class"]) == len(defaults.ORGANS)
+    assert per_volume["dice_mean"] > running["dice_mean"]  # the CT statistics do not fit MR
+    assert json.loads(out.read_text())["mr_test"]["per_volume"]["summary"] == per_volume
+
+
 def test_sweep_picks_the_best_row(data, tmp_path):
     out = tmp_path / "sweep.json"
     base = {"steps": 1, "patches_per_step": 1, "lr0": 1e-3, "episodic": True, "perturb_scale": 1.0}
-    result = run_sweep(str(data), dev_volumes=1, out=str(out), methods="grata", device="cpu", base=base,
-                       axes={"lr0": (1e-2,)})
+    result = run_sweep(str(data), dev_volumes=1, bundle_dir=str(BUNDLE_DIR), out=str(out), methods="grata",
+                       device="cpu", base=base, axes={"lr0": (1e-2,)})
     assert len(result["rows"]) == 2
     assert result["best"]["grata"]["dice_mean"] == max(r["dice_mean"] for r in result["rows"])
     assert json.loads(out.read_text())["best"] == result["best"]

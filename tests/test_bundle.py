@@ -1,9 +1,10 @@
 """The MONAI bundle in bundle/: metadata, configs, TorchScript export and an end-to-end run.
 
-The end-to-end tests run ``python -m monai.bundle run`` in a subprocess from a temporary working
-directory (the bundle must find itself from its config path) on one real MR volume, copied
-from the shared data folder (never from the repository), with fewer adaptation steps than the
-shipped config so the CPU time stays modest.
+The end-to-end tests run ``python -m monai.bundle run`` in a subprocess, with ``--bundle_root``
+(the model-zoo convention: ``bundle_root`` is ``"."`` otherwise), from a temporary working directory
+and from the repository root, on one real MR volume copied from the shared data folder (never
+from the repository), with fewer adaptation steps than the shipped config so the CPU time stays
+modest.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from hypothesis import strategies as st
 import torch
 from monai.bundle import ConfigParser
 
-from conftest import abdomen_dir
+from grata_monai import defaults
+from tests.conftest import BUNDLE_DIR as BUNDLE
+from tests.conftest import ROOT, abdomen_dir
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 CONFIGS = BUNDLE / "configs"
 META = CONFIGS / "metadata.json"
 INFERENCE = CONFIGS / "inference.json"
@@ -48,7 +50,7 @@ def _parser(*files: Path, **overrides) -> ConfigParser:
 
 def _bundle_run(config_files: list[Path], cwd: Path, *args: str) -> subprocess.CompletedProcess:
     files = "[" + ",".join(f"'{f}'" for f in config_files) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *args]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--bundle_root", str(BUNDLE), *args]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BUNDLE.parent), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
 
@@ -85,22 +87,35 @@ def test_inference_config_builds():
     assert norms and all(m.affine for m in norms)
     assert parser.get_parsed_content("preprocessing") is not None
     assert parser.get_parsed_content("postprocessing") is not None
-    assert parser.get("inferer") == {  # the defaults chosen by the sweep in docs/benchmarks.md
-        "_target_": "grata_monai.GraTaInferer", "roi_size": [96, 96, 48], "sw_batch_size": 4, "overlap": 0.25,
-        "steps": 1, "patches_per_step": 4, "lr0": 0.001, "weak_transforms": ["flip1", "flip2"], "batch_views": True,
-        "episodic": True, "amp": True, "seed": 0,
-    }
     assert type(parser.get_parsed_content("inferer")).__name__ == "GraTaInferer"
     assert parser.get_parsed_content("network_def").state_dict().keys() == torch.load(
         BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True).keys()
 
 
+def test_bundle_settings_are_the_library_defaults():
+    """grata_monai.defaults holds the bundle's settings: the inferer's, the roi and the organs."""
+    config = json.loads(INFERENCE.read_text())
+    assert config["inferer"] == {
+        "_target_": "grata_monai.GraTaInferer", "roi_size": "@roi_size", "sw_batch_size": defaults.SW_BATCH_SIZE,
+        "overlap": defaults.OVERLAP, "steps": defaults.STEPS, "patches_per_step": defaults.PATCHES_PER_STEP,
+        "lr0": defaults.LR0, "weak_transforms": list(defaults.WEAK_TRANSFORMS), "batch_views": defaults.BATCH_VIEWS,
+        "episodic": defaults.EPISODIC, "amp": defaults.AMP, "seed": defaults.SEED,
+    }
+    assert tuple(config["roi_size"]) == defaults.ROI_SIZE
+    channels = json.loads(META.read_text())["network_data_format"]["outputs"]["pred"]["channel_def"]
+    assert tuple(channels[str(c)] for c in range(1, len(channels))) == defaults.ORGANS
+
+
 def test_preprocessing_identical_in_train_validate_and_inference():
     """Inference's preprocessing is train's deterministic part with the image key only."""
     train = json.loads(TRAIN.read_text())["train"]["deterministic_transforms"]
-    inference = json.loads(INFERENCE.read_text())["preprocessing"]["transforms"]
+    config = json.loads(INFERENCE.read_text())
+    by_id = {"@image_keys": "image", "@spacing_mode": "bilinear"}
+    assert config["image_keys"] == ["image"] and config["spacing_mode"] == by_id["@spacing_mode"]
+    inference = [{k: by_id.get(v, v) if isinstance(v, str) else v for k, v in t.items()}
+                 for t in config["preprocessing"]["transforms"]]
     check, *inference = inference  # inference first validates DICOM series folders
-    assert check["_target_"] == "grata_monai.dicom.CheckDicomSeriesd"
+    assert check["_target_"] == "grata_monai.bundle.dicom.CheckDicomSeriesd"
     assert len(train) == len(inference)
     for t, i in zip(train, inference):
         t = dict(t, keys="image") if t["keys"] == ["image", "label"] else dict(t)
@@ -161,10 +176,12 @@ def test_ckpt_export_reproduces_model_ts(tmp_path):
 
 
 @pytest.mark.realdata
-def test_inference_end_to_end_on_real_mr(tmp_path):
+@pytest.mark.parametrize("where", ["elsewhere", "repository root"])
+def test_inference_end_to_end_on_real_mr(tmp_path, where):
     src = abdomen_dir() / MR_VOLUME
-    data, out, cwd = tmp_path / "in", tmp_path / "out", tmp_path / "elsewhere"
-    data.mkdir(), cwd.mkdir()
+    data, out = tmp_path / "in", tmp_path / "out"
+    cwd = tmp_path / "elsewhere" if where == "elsewhere" else ROOT
+    data.mkdir(), cwd.mkdir(exist_ok=True)
     shutil.copy(src, data / src.name)
     r = _bundle_run([INFERENCE], cwd, "--dataset_dir", str(data), "--output_dir", str(out), *QUICK)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -180,6 +197,15 @@ def test_inference_end_to_end_on_real_mr(tmp_path):
     # a second run must not overwrite silently
     r = _bundle_run([INFERENCE], cwd, "--dataset_dir", str(data), "--output_dir", str(out), *QUICK)
     assert r.returncode != 0 and "--overwrite true" in r.stderr
+
+
+def test_inference_without_bundle_root_says_to_pass_it(tmp_path):
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), str(tmp_path / "in" / "v.nii.gz"))
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(INFERENCE),
+           "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "o")]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode != 0 and "--bundle_root" in r.stderr
 
 
 def test_inference_without_input_says_what_it_looked_for(tmp_path):
@@ -207,17 +233,16 @@ def test_evaluate_source_only_on_real_mr(tmp_path):
 
 
 def test_evaluate_config_carries_the_label_through_every_spatial_transform():
-    """evaluate.json overrides inference.json's preprocessing by index: keep them in step."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "evaluate.json")])
-    for t in parser["preprocessing"]["transforms"]:
-        if t["_target_"] in ("LoadImaged", "EnsureChannelFirstd", "Orientationd", "Spacingd", "CropForegroundd"):
-            assert "label" in t["keys"], t
-        if t["_target_"] == "Spacingd":
-            assert t["mode"] == ["bilinear", "nearest"]
-        assert "mode" not in t or t["_target_"] == "Spacingd", t
+    """evaluate.json overrides inference.json by name (image_keys, spacing_mode, handler ids)."""
+    parser = _parser(INFERENCE, EVALUATE)
+    for t in parser.get_parsed_content("preprocessing").transforms:
+        name = type(t).__name__
+        if name in ("LoadImaged", "EnsureChannelFirstd", "Orientationd", "Spacingd", "CropForegroundd", "EnsureTyped"):
+            assert "label" in t.keys, name
+    overrides = [k for k in json.loads(EVALUATE.read_text()) if "#" in k]
+    assert not [k for k in overrides if any(part.isdigit() for part in k.split("#"))], "override by name, not position"
+    assert not [k for k in json.loads((CONFIGS / "multi_gpu_evaluate.json").read_text()) if any(
+        part.isdigit() for part in k.split("#"))]
 
 
 @pytest.mark.realdata
@@ -243,8 +268,6 @@ def test_inference_skips_a_corrupt_file_and_names_it(tmp_path):
 )
 def test_property_preprocessing_any_spacing_range_dtype_orientation(tmp_path, spacing, scale, offset, dtype, flips):
     """Whatever the input grid, intensity range, dtype or axis directions: RAS, 2x2x4 mm, finite [0, 1]."""
-    from monai.bundle import ConfigParser
-
     rng = np.random.default_rng(0)
     data = rng.random((24, 20, 10)) * scale + offset
     data[6:18, 5:15, 2:8] += scale  # a 'body' brighter than the background
@@ -254,9 +277,7 @@ def test_property_preprocessing_any_spacing_range_dtype_orientation(tmp_path, sp
     affine = np.diag([(-s if f else s) for s, f in zip(spacing, flips)] + [1.0])
     path = tmp_path / f"v_{abs(hash((spacing, scale, offset, str(dtype), flips)))}.nii.gz"
     nib.save(nib.Nifti1Image(data.astype(dtype), affine), str(path))
-    parser = ConfigParser()
-    parser.read_config(str(INFERENCE))
-    image = parser.get_parsed_content("preprocessing")({"image": str(path)})["image"]
+    image = _parser(INFERENCE).get_parsed_content("preprocessing")({"image": str(path)})["image"]
     assert image.dtype == torch.float32 and min(image.shape[1:]) > 0
     assert torch.isfinite(image).all() and image.min() >= 0.0 and image.max() <= 1.0
     np.testing.assert_allclose(image.pixdim.numpy(), [2.0, 2.0, 4.0], rtol=1e-4)
@@ -266,11 +287,7 @@ def test_property_preprocessing_any_spacing_range_dtype_orientation(tmp_path, sp
 @pytest.mark.parametrize("value", [0, 7])
 def test_preprocessing_keeps_a_blank_or_constant_volume(tmp_path, value):
     """Nothing above the body threshold: the whole volume is kept (no empty crop), values finite."""
-    from monai.bundle import ConfigParser
-
     path = tmp_path / "blank.nii.gz"
     nib.save(nib.Nifti1Image(np.full((20, 16, 8), value, np.int16), np.eye(4)), str(path))
-    parser = ConfigParser()
-    parser.read_config(str(INFERENCE))
-    image = parser.get_parsed_content("preprocessing")({"image": str(path)})["image"]
+    image = _parser(INFERENCE).get_parsed_content("preprocessing")({"image": str(path)})["image"]
     assert min(image.shape[1:]) > 0 and torch.isfinite(image).all()

@@ -10,7 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from grata_monai.cache import build_cache
+from grata_monai.bench.cache import build_cache
+from tests.conftest import BUNDLE_DIR
+
+TRAIN = str(BUNDLE_DIR / "configs" / "train.json")
 
 
 def _write_dataset(root, n=2):
@@ -37,7 +40,7 @@ def test_build_cache(tmp_path):
     src, out = tmp_path / "src", tmp_path / "cache"
     src.mkdir()
     spec = _write_dataset(src)
-    path = build_cache(str(src), str(out), num_workers=0, crop_splits=("train",), z_margin=1)
+    path = build_cache(str(src), str(out), TRAIN, num_workers=0, crop_splits=("train",), z_margin=1)
     cached = json.loads(open(path).read())
     assert cached == spec
     for split in ("train", "test"):
@@ -61,7 +64,7 @@ def test_build_cache(tmp_path):
     te_z = np.nonzero(np.asarray(te.dataobj).any((0, 1)))[0]
     assert (tr.affine @ [0, 0, z[0], 1])[2] == pytest.approx((te.affine @ [0, 0, te_z[0], 1])[2])
     with pytest.raises(FileExistsError, match="--overwrite"):
-        build_cache(str(src), str(out), num_workers=0)
+        build_cache(str(src), str(out), TRAIN, num_workers=0)
 
 
 def test_cli_cache(tmp_path):
@@ -69,8 +72,8 @@ def test_cli_cache(tmp_path):
     src.mkdir()
     _write_dataset(src, n=1)
     r = subprocess.run(
-        [sys.executable, "-m", "grata_monai.cli", "cache", "--data_dir", str(src), "--out_dir", str(tmp_path / "c"),
-         "--num_workers", "0"],
+        [sys.executable, "-m", "grata_monai.bench.cli", "cache", "--data_dir", str(src), "--out_dir", str(tmp_path / "c"),
+         "--num_workers", "0", "--config_file", TRAIN],
         capture_output=True, text=True,
     )
     assert r.returncode == 0, r.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""DICOM input for the bundle: series checks (grata_monai.dicom) and reading real series, JPEG 2000 included.
+"""DICOM input for the bundle: series checks (grata_monai.bundle.dicom) and reading real series, JPEG 2000 included.
 
 Broken folders (missing slices, mixed series, duplicates) are built at test time in a temporary
 folder from copies of real files; nothing is written next to the data.
@@ -6,7 +6,6 @@ folder from copies of real files; nothing is written next to the data.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -14,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from grata_monai.dicom import CheckDicomSeriesd, DicomSeriesError, check_item, check_series
+from grata_monai.bundle.dicom import CheckDicomSeriesd, DicomSeriesError, check_item, check_series
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("GRATA_DATA_DIR", ROOT.parent / "shared" / "data"))
-BUNDLE_DIR = Path(os.environ.get("GRATA_BUNDLE_DIR", ROOT / "bundle"))
+from tests.conftest import BUNDLE_DIR, DATA_DIR
+
 IRCAD = DATA_DIR / "ircad01" / "PATIENT_DICOM"
 JPEG2000 = DATA_DIR / "dicom-samples" / "totalseg_ct_jpeg2000"
 
@@ -169,7 +167,7 @@ def test_bundle_preprocessing_refuses_broken_folder(tmp_path):
     """The bundle's preprocessing names the folder when slices are missing (when it runs the check)."""
     pre = _bundle_preprocessing()
     if not any(isinstance(t, CheckDicomSeriesd) for t in getattr(pre, "transforms", [])):
-        pytest.skip("bundle preprocessing does not run grata_monai.dicom.CheckDicomSeriesd")
+        pytest.skip("bundle preprocessing does not run grata_monai.bundle.dicom.CheckDicomSeriesd")
     files = _sorted_files(_need(JPEG2000))
     folder = _copy(files[:5] + files[7:], tmp_path / "gappy")
     with pytest.raises(Exception) as err:  # MONAI wraps it: "applying transform ...", caused by ours

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 from grata_monai import GraTaInferer
 from grata_monai.alignment import grata_step
 from grata_monai.distributed import average_across_ranks
-from tests.conftest import abdomen_dir
+from tests.conftest import BUNDLE_DIR, abdomen_dir
 
 
 def _net() -> nn.Module:
@@ -128,9 +127,10 @@ def test_multi_gpu_evaluate_config_matches_one_process(tmp_path):
             shutil.copy(src / "mr" / f"{case}_{kind}.nii.gz", data / "mr")
         items.append({"image": f"mr/{case}_image.nii.gz", "label": f"mr/{case}_label.nii.gz"})
     (data / "datalist.json").write_text(json.dumps({"mr_test": items}))
-    configs = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+    configs = BUNDLE_DIR / "configs"
     files = [str(configs / f) for f in ("inference.json", "evaluate.json")]
-    quick = ["--dataset_dir", str(data), "--inferer#steps", "1", "--inferer#patches_per_step", "1"]
+    quick = ["--bundle_root", str(BUNDLE_DIR), "--dataset_dir", str(data), "--inferer#steps", "1",
+             "--inferer#patches_per_step", "1"]
     one = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files)]
     two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
            str(29500 + (os.getpid() + 13) % 1000), "-m", "monai.bundle", "run",

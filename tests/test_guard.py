@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grata_monai import GraTaInferer, NormStatsInferer, TentInferer
+import grata_monai.inferer
+from grata_monai import GraTaInferer, NormStatsInferer, TentInferer, reports_of
 from grata_monai.guard import DivergenceGuard, Signals, measure
 
 ROI = (16, 16, 16)
@@ -37,6 +38,20 @@ def test_measure(unet, volume):
     assert len(signals.volumes) == 3 and sum(signals.volumes) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_inferer_measures_with_its_own_activation(unet, volume, monkeypatch, sigmoid):
+    seen = []
+
+    def spy(network, patches, sigmoid=False):
+        seen.append(sigmoid)
+        return measure(network, patches, sigmoid)
+
+    monkeypatch.setattr(grata_monai.inferer, "measure", spy)
+    with torch.no_grad():
+        TentInferer(ROI, sw_batch_size=2, steps=1, patches_per_step=2, sigmoid=sigmoid)(volume, unet)
+    assert seen == [sigmoid, sigmoid]  # before and after adapting
+
+
 def absurd(**kwargs):
     """An absurd fixed learning rate (GraTa's dynamic lr alone may already shrink the step to ~0)."""
     settings = {"steps": 3, "patches_per_step": 2, "lr0": 1e6, "optimizer": "sgd", "dynamic_lr": False}
@@ -46,10 +61,9 @@ def absurd(**kwargs):
 def test_forced_divergence_falls_back_to_unadapted_output(unet, volume):
     with torch.no_grad():
         unadapted = NormStatsInferer(ROI, sw_batch_size=2, patches_per_step=2)(volume, unet)
-        guarded = absurd()
-        out = guarded(volume, unet)
+        out = absurd()(volume, unet)
         unguarded = absurd(guard=False)(volume, unet)
-    assert guarded.last_report.guard is not None
+    assert reports_of(out)[0]["guard"] is not None
     assert torch.equal(out, unadapted)
     assert not torch.allclose(unguarded, unadapted, equal_nan=True)  # without the guard the damage shows
 
@@ -64,17 +78,16 @@ def test_nan_step_falls_back(unet, volume):
 
     with torch.no_grad():
         unadapted = NormStatsInferer(ROI, sw_batch_size=2, patches_per_step=2)(volume, unet)
-        inferer = NanTent(ROI, sw_batch_size=2, steps=1, patches_per_step=2)
-        out = inferer(volume, unet)
-    assert "non-finite" in inferer.last_report.guard
+        out = NanTent(ROI, sw_batch_size=2, steps=1, patches_per_step=2)(volume, unet)
+    assert "non-finite" in reports_of(out)[0]["guard"]
     assert torch.isfinite(out).all() and torch.equal(out, unadapted)
 
 
 def test_continual_guard_resets_to_source(unet, volume):
     inferer = absurd(episodic=False)
     with torch.no_grad():
-        inferer(volume, unet)
-    assert inferer.last_report.guard is not None
+        out = inferer(volume, unet)
+    assert reports_of(out)[0]["guard"] is not None
     fresh = inferer._episode.network.state_dict()
     for name, value in unet.state_dict().items():
         if "running" not in name and "num_batches" not in name:

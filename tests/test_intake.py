@@ -9,7 +9,8 @@ import numpy as np
 import nibabel as nib
 import pytest
 
-from grata_monai.intake import Intake
+from grata_monai.bundle.intake import Intake
+from tests.conftest import DATA_DIR
 
 
 def _nifti(path, shape=(8, 8, 4)):
@@ -47,8 +48,6 @@ def test_nothing_readable_is_an_error(tmp_path):
 
 
 def test_dicom_series_with_a_missing_slice_is_skipped(tmp_path):
-    from tests.conftest import DATA_DIR
-
     series = DATA_DIR / "dicom-samples" / "totalseg_ct_jpeg2000"
     if not series.is_dir():
         pytest.skip(f"DICOM samples not found at {series}")

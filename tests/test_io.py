@@ -1,16 +1,15 @@
-"""Input discovery, output policy and config helpers of grata_monai.io."""
+"""Input discovery, output paths and policy, and config helpers of grata_monai.bundle.io."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import DATA_DIR
-from grata_monai.io import as_bool, bundle_root, check_no_overwrite, list_volumes, output_path
+from grata_monai.bundle.io import as_bool, body_mask, bundle_file, check_no_overwrite, list_volumes, output_path
+from tests.conftest import DATA_DIR
 
 
 def _nifti(path: Path) -> None:
@@ -84,11 +83,22 @@ def test_as_bool_rejects_other_strings():
         as_bool("maybe")
 
 
-def test_bundle_root_fallbacks(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["x", "--config_file", str(tmp_path / "b" / "configs" / "inference.json")])
-    assert bundle_root() == str((tmp_path / "b").resolve())
-    monkeypatch.setattr(sys, "argv", ["x"])
-    assert bundle_root(tmp_path) == str(tmp_path.resolve())
+def test_bundle_file_says_to_pass_bundle_root(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes(b"")
+    assert bundle_file(tmp_path, "models/model.pt") == str(tmp_path / "models" / "model.pt")
+    with pytest.raises(FileNotFoundError, match="--bundle_root"):
+        bundle_file(tmp_path / "elsewhere", "models/model.pt")
+
+
+def test_output_path_is_save_imageds(tmp_path):
+    """The name MONAI's SaveImaged writes (its FolderLayout), e.g. a dotted series folder name."""
+    from monai.data import MetaTensor
+    from monai.transforms import SaveImage
+
+    image = MetaTensor(np.zeros((1, 4, 4, 4), np.float32), meta={"filename_or_obj": "/d/s.1.2"})
+    SaveImage(output_dir=str(tmp_path), output_postfix="seg", separate_folder=False, print_log=False)(image)
+    assert [p.name for p in tmp_path.iterdir()] == [Path(output_path("/d/s.1.2", str(tmp_path), "seg")).name]
 
 
 def test_list_volumes_excludes_label_maps_beside_the_images(tmp_path):
@@ -101,8 +111,6 @@ def test_list_volumes_excludes_label_maps_beside_the_images(tmp_path):
 
 def test_body_mask_keeps_a_blank_volume_whole():
     import torch
-
-    from grata_monai.io import body_mask
 
     image = torch.zeros(1, 4, 4, 4)
     assert body_mask(image).all()

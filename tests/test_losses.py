@@ -1,4 +1,4 @@
-"""Entropy, weak-transform inverses, strong augmentation and the consistency loss."""
+"""Entropy, the soft pseudo-label and the consistency loss."""
 
 from __future__ import annotations
 
@@ -6,29 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from grata_monai.losses import (
-    WEAK_TRANSFORMS,
-    ConsistencyLoss,
-    DeviceGaussianNoise,
-    EntropyLoss,
-    entropy,
-    soft_pseudo_label,
-    strong_augmentation,
-    weak_transform,
-)
+from grata_monai.losses import ConsistencyLoss, EntropyLoss, entropy, soft_pseudo_label
+from grata_monai.views import weak_transform
 
 
-@pytest.mark.parametrize("name", WEAK_TRANSFORMS)
-def test_weak_transform_inverse_is_exact(name):
-    x = torch.randn(2, 3, 6, 6, 5)
-    y = weak_transform(x, name)
-    assert not torch.equal(y, x)
-    assert torch.equal(weak_transform(y, name, inverse=True), x)
-
-
-def test_unknown_weak_transform():
-    with pytest.raises(ValueError, match="Unknown weak transform"):
-        weak_transform(torch.zeros(1, 1, 2, 2, 2), "shear")
+def test_unknown_weak_view():
     with pytest.raises(ValueError, match="Unknown weak transforms"):
         ConsistencyLoss(weak=("flip0", "zoom"))
 
@@ -66,18 +48,6 @@ def test_pseudo_label_averages_mapped_back_predictions():
     torch.testing.assert_close(soft_pseudo_label(net, x, weak=("flip2",)), expected / 2)
 
 
-def test_strong_augmentation_range_device_and_seed():
-    x = torch.rand(1, 16, 16, 8)
-    aug = strong_augmentation(prob=1.0)
-    aug.set_random_state(seed=3)
-    y = torch.as_tensor(aug(x))
-    assert y.shape == x.shape and y.device == x.device
-    assert y.min().item() == pytest.approx(0.0, abs=1e-6) and y.max().item() == pytest.approx(1.0, abs=1e-6)
-    assert not torch.allclose(y, x)
-    aug.set_random_state(seed=3)
-    assert torch.equal(torch.as_tensor(aug(x)), y)
-
-
 def test_consistency_loss_is_soft_cross_entropy():
     net = nn.Conv3d(1, 3, 1)
     x = torch.rand(2, 1, 6, 6, 4)
@@ -89,17 +59,6 @@ def test_consistency_loss_is_soft_cross_entropy():
     bce = ConsistencyLoss(weak=(), prob=0.0, sigmoid=True)(net, x)
     ref = nn.functional.binary_cross_entropy_with_logits(net(rescaled), torch.sigmoid(net(x)))
     assert bce.item() == pytest.approx(ref.item(), rel=1e-5)
-
-
-def test_device_gaussian_noise_is_seeded_and_bounded():
-    x = torch.zeros(1, 32, 32, 16)
-    noise = DeviceGaussianNoise(prob=1.0, std=0.2)
-    noise.set_random_state(seed=1)
-    a = noise(x)
-    noise.set_random_state(seed=1)
-    assert torch.equal(noise(x), a)
-    assert 0 < a.std().item() <= 0.2 and abs(a.mean().item()) < 0.01
-    assert torch.equal(DeviceGaussianNoise(prob=0.0)(x), x)
 
 
 def test_batched_views_equal_separate_views_without_batch_statistics():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from grata_monai.report import method_table, worse_volumes, write_report
+from grata_monai.bench.report import method_table, worse_volumes, write_report
 
 
 def results():
@@ -44,7 +44,7 @@ def test_write_report_makes_markdown_and_figure(tmp_path):
 
 
 def test_volumes_table_flags_implausible_organs():
-    from grata_monai.report import volumes_table
+    from grata_monai.bench.report import volumes_table
 
     table = volumes_table({"volumes": {"ct": {"grata": {"organ_ml": [1500, 150, 40, 200], "seconds": 1.0}}}})
     assert "| ct | grata | 1500 | 150 | 40 ⚠ | 200 | 1.0 |" in table

@@ -13,13 +13,14 @@ from pathlib import Path
 import torch.distributed as dist
 from monai.bundle import ConfigWorkflow
 
-configs = Path(__file__).resolve().parents[2] / "bundle" / "configs"
+bundle = Path(__file__).resolve().parents[2] / "bundle"
+configs = bundle / "configs"
 data, key, out = sys.argv[1:4]
 repeat = int(sys.argv[4]) if len(sys.argv) > 4 else 4
 files = [str(configs / f) for f in ("inference.json", "evaluate.json", "multi_gpu_evaluate.json")]
 stream = f"$monai.data.load_decathlon_datalist(@datalist_file, data_list_key=@data_list_key, base_dir=@dataset_dir) * {repeat}"
 wf = ConfigWorkflow(
-    files, workflow_type="infer", dataset_dir=data, data_list_key=key, output_dir=out, datalist=stream, run_id="run"
+    files, workflow_type="infer", bundle_root=str(bundle), dataset_dir=data, data_list_key=key, output_dir=out, datalist=stream, run_id="run"
 )
 wf.initialize()
 n = len(wf.parser.get_parsed_content("datalist"))

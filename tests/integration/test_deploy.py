@@ -2,7 +2,7 @@
 
 Runs in the Deploy env (`.ci/deploy.sh`); skipped where the SDK is not installed, where the real
 series or the bundle is absent. The app runs once (module fixture) in its own process, as in a
-MONAI Application Package: `python -m grata_monai.deploy -i <series> -o <out> -m <model.ts>`. The
+MONAI Application Package: `python -m grata_monai.deploy.app -i <series> -o <out> -m <model.ts>`. The
 model.ts is exported at test time from the bundle's model.pt with its configs embedded (the
 packaged form: a TorchScriptModel wrapper, configs from extra/), with small adaptation settings
 so the CPU run takes a minute. The series is read in place.
@@ -29,13 +29,13 @@ DATA_DIR = Path(os.environ.get("GRATA_DATA_DIR", ROOT.parent / "shared" / "data"
 BUNDLE_DIR = Path(os.environ.get("GRATA_BUNDLE_DIR", ROOT / "bundle"))
 SERIES = DATA_DIR / "ircad01" / "PATIENT_DICOM"
 SMALL = {"steps": 2, "patches_per_step": 2, "sw_batch_size": 2}
-ORGANS = ["liver", "right kidney", "left kidney", "spleen"]
+ORGANS = ["liver", "right kidney", "left kidney", "spleen"]  # the bundle's channel_def, as a DICOM SEG shows it
 
 pytestmark = pytest.mark.realdata
 
 
 def _source_headers() -> list:
-    from grata_monai.dicom import check_series
+    from grata_monai.bundle.dicom import check_series
 
     return [pydicom.dcmread(f, stop_before_pixels=True) for f in check_series(SERIES).files]
 
@@ -65,7 +65,7 @@ def app_run(tmp_path_factory):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     out = tmp / "output"
-    run = f"ulimit -s 32768 2>/dev/null; exec {sys.executable} -m grata_monai.deploy -i {SERIES} -o {out} -m {tmp / 'model.ts'}"
+    run = f"ulimit -s 32768 2>/dev/null; exec {sys.executable} -m grata_monai.deploy.app -i {SERIES} -o {out} -m {tmp / 'model.ts'}"
     done = subprocess.run(["bash", "-c", run], cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-6000:]
@@ -88,7 +88,7 @@ def test_app_writes_dicom_seg_and_nifti(app_run):
 
 def test_dicom_seg_readable_with_segments_from_channel_def(app_run):
     """pydicom and highdicom read the SEG; its segments are the bundle's channel_def organs, coded."""
-    from grata_monai.deploy import SEGMENT_CODES, bundle_metadata, segment_labels
+    from grata_monai.deploy.segments import SEGMENT_CODES, bundle_metadata, segment_labels
 
     path = _seg(app_run[0])
     ds = pydicom.dcmread(path)
@@ -98,7 +98,7 @@ def test_dicom_seg_readable_with_segments_from_channel_def(app_run):
     assert labels == segment_labels(bundle_metadata(BUNDLE_DIR)) == ORGANS
     for item in seg.SegmentSequence:
         code = item.SegmentedPropertyTypeCodeSequence[0]
-        assert (code.CodeValue, code.CodingSchemeDesignator) == (SEGMENT_CODES[item.SegmentLabel][0], "SCT")
+        assert (code.CodeValue, code.CodingSchemeDesignator) == (SEGMENT_CODES[item.SegmentLabel].value, "SCT")
 
 
 def test_dicom_seg_geometry_matches_source_series(app_run):
@@ -171,7 +171,7 @@ def test_package_source_and_packager_cli(tmp_path):
     Building the image needs Docker, which is not here."""
     import shutil
 
-    from grata_monai.deploy import write_package_source
+    from grata_monai.deploy.app import write_package_source
 
     folder = write_package_source(tmp_path / "map")
     assert {p.name for p in folder.iterdir()} == {"app.py", "app.yaml", "requirements.txt"}

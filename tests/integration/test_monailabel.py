@@ -89,11 +89,29 @@ def _task(app):
     return task
 
 
-def _infer(app, image_id: str) -> tuple[np.ndarray, object]:
-    """One infer request as the /infer endpoint makes it; the label array and this thread's GraTa report."""
+def _infer(app, image_id: str) -> np.ndarray:
+    """One infer request as the /infer endpoint makes it; the label array."""
     result = app.infer({"model": MODEL_NAME, "image": image_id, "device": "cpu", "save_label": False})
-    label = np.asarray(nib.load(result["file"]).dataobj)
-    return label, _task(app).inferer({}).last_report
+    return np.asarray(nib.load(result["file"]).dataobj)
+
+
+def _infer_with_report(app, image_id: str) -> tuple[np.ndarray, dict | None]:
+    """:func:`_infer`, and the GraTa report the inferer attached to its output (MONAI Label keeps
+    only the tensor, so the test reads it at the inferer's return). Not for concurrent requests."""
+    from unittest import mock
+
+    from grata_monai import GraTaInferer, reports_of
+
+    reports, call = [], GraTaInferer.__call__
+
+    def spy(self, *args, **kwargs):
+        out = call(self, *args, **kwargs)
+        reports.extend(reports_of(out))
+        return out
+
+    with mock.patch.object(GraTaInferer, "__call__", spy):
+        label = _infer(app, image_id)
+    return label, reports[-1] if reports else None
 
 
 def _state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -117,21 +135,21 @@ def test_bundle_loads_as_bundle_infer_task(label_app):
 def test_infer_request_returns_adapted_segmentation_and_keeps_network(label_app):
     """An infer request on a real MR volume: adapted (GraTa steps ran) label map in the input's grid;
     the network MONAI Label caches is unchanged afterwards."""
-    from grata_monai.inferer import checksum
+    from grata_monai.audit import checksum
 
     app, studies = label_app
     task = _task(app)
     network = task._get_network("cpu", {})  # the network MONAI Label caches per device
     before = _state(network)
 
-    label, report = _infer(app, "mr_01_image")
+    label, report = _infer_with_report(app, "mr_01_image")
 
     image = nib.load(studies / VOLUMES[0])
     assert label.shape[:3] == image.shape[:3], "the label is restored to the input's grid"
     assert set(np.unique(label)) <= {0, 1, 2, 3, 4}
     assert (label == 1).sum() > 1000, "expected a liver on an abdominal MR"
-    assert report is not None and len(report.steps) == SMALL["steps"], "GraTa adapted on this volume"
-    assert report.source_sha256 == checksum(network)
+    assert report is not None and len(report["steps"]) == SMALL["steps"], "GraTa adapted on this volume"
+    assert report["source_sha256"] == checksum(network)
 
     assert task._get_network("cpu", {}) is network, "MONAI Label reuses its cached network"
     after = network.state_dict()
@@ -144,7 +162,7 @@ def test_infer_request_returns_adapted_segmentation_and_keeps_network(label_app)
 def test_concurrent_requests_match_sequential(label_app):
     """Two requests on different volumes, at once, give what the same requests give one after the other."""
     app, _ = label_app
-    sequential = [_infer(app, Path(v).name.split(".")[0])[0] for v in VOLUMES]
+    sequential = [_infer(app, Path(v).name.split(".")[0]) for v in VOLUMES]
 
     results: dict[int, np.ndarray] = {}
     errors: list[BaseException] = []
@@ -153,7 +171,7 @@ def test_concurrent_requests_match_sequential(label_app):
     def worker(i: int, volume: str) -> None:
         try:
             barrier.wait()
-            results[i] = _infer(app, Path(volume).name.split(".")[0])[0]
+            results[i] = _infer(app, Path(volume).name.split(".")[0])
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 

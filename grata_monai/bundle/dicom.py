@@ -157,7 +157,7 @@ def check_series(folder: str | os.PathLike, gap_tolerance: float = 0.5) -> Serie
 def check_item(item: Mapping, key: str = "image") -> Mapping:
     """Check ``item[key]`` with `check_series` when it is a folder; return the item unchanged.
 
-    For bundle configs, e.g. ``"$[grata_monai.dicom.check_item(i) for i in @datalist]"``.
+    For bundle configs, e.g. ``"$[grata_monai.bundle.dicom.check_item(i) for i in @datalist]"``.
     """
     value = item.get(key)
     if isinstance(value, (str, os.PathLike)) and Path(value).is_dir():

@@ -7,12 +7,11 @@ from collections.abc import Callable
 
 import fire
 
-from grata_monai.benchmark import run_benchmark, run_sweep, run_volumes
-from grata_monai.cache import build_cache
-from grata_monai.report import write_report
+from grata_monai.bench.benchmark import run_benchmark, run_source, run_sweep, run_volumes
+from grata_monai.bench.cache import build_cache
+from grata_monai.bench.report import write_report
 
 __all__ = ["main"]
-
 
 
 def _quiet(command: Callable) -> Callable:
@@ -28,6 +27,7 @@ def _quiet(command: Callable) -> Callable:
 COMMANDS = {
     "cache": build_cache,
     "benchmark": _quiet(run_benchmark),
+    "source": _quiet(run_source),
     "sweep": _quiet(run_sweep),
     "volumes": _quiet(run_volumes),
     "report": _quiet(write_report),

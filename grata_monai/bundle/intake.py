@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from monai.transforms import LoadImage
 
-from grata_monai.dicom import check_item
+from grata_monai.bundle.dicom import check_item
 
 __all__ = ["Intake"]
 
@@ -25,7 +25,7 @@ class Intake:
     """The readable volumes of ``items`` (datalist dicts) and the inputs that failed.
 
     Args:
-        items: datalist items, e.g. from ``grata_monai.io.list_volumes``.
+        items: datalist items, e.g. from ``grata_monai.bundle.io.list_volumes``.
         key: the image key.
         reader: the reader ``LoadImage`` should use (None: MONAI picks ITK, nibabel or pydicom).
 

@@ -1,22 +1,23 @@
-"""Input discovery and path helpers for the bundle configs.
+"""Input discovery and output paths for the bundle configs.
 
 `list_volumes` turns a folder into MONAI datalist items (NIfTI files and DICOM series
-folders); `check_no_overwrite` enforces the bundle's output policy; `bundle_root` lets a
-bundle config locate its own folder from any working directory.
+folders); `output_path` is the file MONAI's ``SaveImaged`` writes for an input (its
+``FolderLayout``); `check_no_overwrite` enforces the bundle's output policy; `body_mask` is the
+body for ``CropForegroundd``.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from monai.data import FolderLayout
+from pydicom.misc import is_dicom
 
-__all__ = ["NIFTI_SUFFIXES", "as_bool", "list_volumes", "output_path", "check_no_overwrite", "bundle_root", "body_mask"]
+__all__ = ["NIFTI_SUFFIXES", "as_bool", "bundle_file", "list_volumes", "output_path", "check_no_overwrite", "body_mask"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -37,25 +38,31 @@ def as_bool(value: bool | int | str) -> bool:
     return bool(value)
 
 
+def bundle_file(bundle_root: str | os.PathLike, relative: str) -> str:
+    """``<bundle_root>/<relative>``, which must exist: a config's ``bundle_root`` is the working
+    directory (``"."``, the model-zoo convention) unless ``--bundle_root`` says otherwise.
+
+    Raises:
+        FileNotFoundError: the file is not there; the message says to pass ``--bundle_root``.
+    """
+    path = Path(bundle_root) / relative
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"'{path}' not found (bundle_root is '{Path(bundle_root).resolve()}'): run from the bundle folder "
+            "or pass --bundle_root <bundle folder>, e.g. --bundle_root bundle from the repository root."
+        )
+    return str(path)
+
+
 def _is_nifti(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES)
-
-
-def _is_dicom_file(path: Path) -> bool:
-    """DICOM Part 10 files carry 'DICM' at byte 128, whatever their extension."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def _is_dicom_series(path: Path) -> bool:
     if not path.is_dir():
         return False
     files = sorted(p for p in path.iterdir() if p.is_file())
-    return any(_is_dicom_file(p) for p in files[:8])
+    return any(is_dicom(p) for p in files[:8])  # 'DICM' at byte 128, whatever the extension
 
 
 def list_volumes(
@@ -97,17 +104,11 @@ def list_volumes(
     return [{key: p} for p in items]
 
 
-def _stem(path: str) -> str:
-    name = Path(path.rstrip("/\\")).name
-    for suffix in NIFTI_SUFFIXES[::-1]:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def output_path(input_path: str, output_dir: str, postfix: str, ext: str = ".nii.gz") -> str:
-    """The file ``SaveImaged(separate_folder=False, output_postfix=postfix)`` writes for an input."""
-    return str(Path(output_dir) / f"{_stem(input_path)}_{postfix}{ext}")
+    """The file ``SaveImaged(separate_folder=False, output_postfix=postfix)`` writes for an input
+    (MONAI's ``FolderLayout``; a series folder is named by its last path component)."""
+    layout = FolderLayout(output_dir, postfix=postfix, extension=ext, parent=False, makedirs=False)
+    return str(layout.filename(subject=str(input_path).rstrip("/\\")))
 
 
 def check_no_overwrite(
@@ -142,41 +143,6 @@ def check_no_overwrite(
                 "--output_dir, remove them, or pass --overwrite true."
             )
     return items
-
-
-def bundle_root(fallback: str | os.PathLike | None = None) -> str:
-    """The bundle folder of the config being run, whatever the working directory.
-
-    Looks, in order, for the `ConfigWorkflow` evaluating the config (its
-    ``config_root_path``), for ``--config_file`` on the command line, then ``fallback``, then
-    the working directory. A folder named ``configs`` resolves to its parent.
-    """
-    from monai.bundle import ConfigWorkflow
-
-    root = None
-    frame = inspect.currentframe()
-    while frame is not None:
-        obj = frame.f_locals.get("self")
-        if isinstance(obj, ConfigWorkflow):
-            root = Path(obj.config_root_path)
-            break
-        frame = frame.f_back
-    if root is None:
-        argv = sys.argv
-        for i, arg in enumerate(argv):
-            value = None
-            if arg == "--config_file" and i + 1 < len(argv):
-                value = argv[i + 1]
-            elif arg.startswith("--config_file="):
-                value = arg.split("=", 1)[1]
-            if value:
-                first = value.strip("[]()'\" ").split(",")[0].strip("'\" ")
-                root = Path(first).parent
-                break
-    if root is None:
-        root = Path(fallback) if fallback is not None else Path.cwd()
-    root = root.resolve()
-    return str(root.parent if root.name == "configs" else root)
 
 
 def body_mask(image: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:

@@ -8,12 +8,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from grata_monai import defaults
+
 __all__ = ["ORGANS", "method_table", "worse_volumes", "sweep_table", "volumes_table", "plot_gains", "write_report"]
 
 # Typical adult organ volumes in mL (liver ~1-2.5 L; each kidney ~100-250 mL; spleen ~100-400 mL).
 PLAUSIBLE_ML = ((1000, 2500), (100, 250), (100, 250), (100, 400))
 
-ORGANS = ("liver", "R kidney", "L kidney", "spleen")
+ORGANS = tuple(o.replace("right ", "R ").replace("left ", "L ") for o in defaults.ORGANS)  # short column names
 
 
 def _pct(x: float | None) -> str:
@@ -110,10 +112,7 @@ def plot_gains(results: dict, path: str | Path, references: Sequence[str] = ("so
     plt.close(fig)
 
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
-
-
-def write_report(bench_dir: str | Path = DOCS / "benchmarks", md: str | Path = DOCS / "benchmarks.md") -> str:
+def write_report(bench_dir: str | Path, md: str | Path) -> str:
     """Write ``md`` from the JSON files in ``bench_dir`` (results*.json, sweep.json, volumes*.json)
     and its notes.md, with a figure per results file."""
     bench_dir, md = Path(bench_dir), Path(md)

@@ -4,7 +4,8 @@ Volumes are preprocessed once with the bundle's own deterministic preprocessing,
 method (source-only, norm statistics, TENT, MEMO, GraTa and its ablations) segments every
 volume in order (continual methods see the stream in that order). Dice per organ is measured
 with MONAI's ``DiceMetric`` on the preprocessed grid; time and peak GPU memory are measured
-per volume, with a warm-up pass first.
+per volume, with a warm-up pass first. The same pieces give the sweep that chose the defaults,
+the source model's own Dice (:func:`run_source`) and organ volumes on unlabelled data.
 """
 
 from __future__ import annotations
@@ -25,32 +26,45 @@ from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from tqdm import tqdm
 
+from grata_monai import defaults
+from grata_monai.audit import reports_of
 from grata_monai.baselines import MemoInferer, NormStatsInferer, TentInferer
+from grata_monai.bench import paths
+from grata_monai.bundle.io import list_volumes
 from grata_monai.inferer import GraTaInferer
-from grata_monai.losses import WEAK_TRANSFORMS
+from grata_monai.views import WEAK_VIEWS
 
-__all__ = ["METHODS", "load_bundle", "make_inferer", "prepare", "evaluate", "run_benchmark", "run_sweep", "run_volumes"]
+__all__ = [
+    "METHODS",
+    "load_bundle",
+    "make_inferer",
+    "prepare",
+    "evaluate",
+    "run_benchmark",
+    "run_source",
+    "run_sweep",
+    "run_volumes",
+]
 
-REPO = Path(__file__).resolve().parents[1]
 METHODS = ("source", "norm_stats", "tent", "memo", "grata", "grata_no_align", "grata_fixed_lr")
 
-# The base keeps left and right apart: its weak views (AP and SI flips) do not mirror the patient,
-# so lateral labels (right/left kidney) stay valid in the pseudo-label; the axis tries all six.
+# The sweep varies one setting at a time around the defaults; its weak views (AP and SI flips) do
+# not mirror the patient, so lateral labels (right/left kidney) stay valid; the axis tries all six.
 SWEEP_BASE = {
-    "steps": 10,
-    "patches_per_step": 4,
-    "lr0": 1e-3,
-    "episodic": True,
-    "perturb_scale": 1.0,
-    "weak_transforms": ("flip1", "flip2"),
+    "steps": defaults.STEPS,
+    "patches_per_step": defaults.PATCHES_PER_STEP,
+    "lr0": defaults.LR0,
+    "episodic": defaults.EPISODIC,
+    "perturb_scale": defaults.PERTURB_SCALE,
+    "weak_transforms": defaults.WEAK_TRANSFORMS,
 }
 SWEEP_AXES = {
     "lr0": (1e-4, 1e-2, 3e-2),
-    "steps": (1, 3, 20),
+    "steps": (3, 10, 20),
     "patches_per_step": (2, 8),
     "perturb_scale": (0.1,),
     "episodic": (False,),
-    "weak_transforms": (WEAK_TRANSFORMS,),
+    "weak_transforms": (WEAK_VIEWS,),
 }
 
 
@@ -65,26 +79,38 @@ def _chosen(best: dict, method: str) -> dict:
     return {k: v for k, v in row.items() if k in SWEEP_BASE}
 
 
-def load_bundle(bundle_dir: str | Path, device: torch.device) -> tuple[torch.nn.Module, Any, dict]:
-    """The bundle's network (with ``models/model.pt``), labelled preprocessing and settings."""
+def load_bundle(
+    bundle_dir: str | Path, device: torch.device, ckpt: str | Path | None = None
+) -> tuple[torch.nn.Module, Any, dict]:
+    """The bundle's network (with ``ckpt``, by default its ``models/model.pt``), labelled
+    preprocessing (``validate#preprocessing`` of ``train.json``) and settings."""
     bundle_dir = Path(bundle_dir)
     parser = ConfigParser()
     parser.read_config(str(bundle_dir / "configs" / "train.json"))
     parser["bundle_root"] = str(bundle_dir)
     network = parser.get_parsed_content("network_def", instantiate=True)
-    state = torch.load(bundle_dir / "models" / "model.pt", map_location="cpu", weights_only=True)
+    state = torch.load(ckpt or bundle_dir / "models" / "model.pt", map_location="cpu", weights_only=True)
     network.load_state_dict(state.get("model", state))
     preprocessing = parser.get_parsed_content("validate#preprocessing", instantiate=True)
     return network.to(device).eval(), preprocessing, {"roi_size": list(parser["roi_size"])}
 
 
-def make_inferer(method: str, roi_size, sw_batch_size: int = 4, overlap: float = 0.25, **adapt: Any) -> Inferer:
-    """The inferer of ``method`` with shared sliding-window and adaptation settings."""
+def make_inferer(
+    method: str,
+    roi_size=defaults.ROI_SIZE,
+    sw_batch_size: int = defaults.SW_BATCH_SIZE,
+    overlap: float = defaults.OVERLAP,
+    **adapt: Any,
+) -> Inferer:
+    """The inferer of ``method`` with shared sliding-window and adaptation settings (the settings a
+    method does not have are dropped: GraTa's for the baselines, ``steps`` for norm statistics)."""
     if method == "source":
-        return SlidingWindowInferer(roi_size, sw_batch_size, overlap)
+        return SlidingWindowInferer(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap)
     weak = adapt.pop("weak_transforms", None)
     grata_only = {k: adapt.pop(k) for k in ("perturb_scale", "batch_views") if k in adapt}
     grata_only |= {"weak_transforms": weak} if weak else {}
+    if method == "norm_stats":
+        adapt.pop("steps", None)
     classes = {"norm_stats": NormStatsInferer, "tent": TentInferer, "memo": MemoInferer}
     if method in classes:
         return classes[method](roi_size, sw_batch_size, overlap, **adapt)
@@ -141,16 +167,16 @@ def evaluate(inferer: Inferer, network: torch.nn.Module, volumes: list[dict], de
         dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)(
             one_hot(pred, num_classes), one_hot(label, num_classes)
         )[0]
-        report = getattr(inferer, "last_report", None)
+        report = (reports_of(logits) or [{}])[0]
         rows.append(
             {
                 "volume": vol["name"],
                 "dice": [float(d) for d in dice.cpu()],
-                "adapt_s": report.adapt_seconds if report else 0.0,
+                "adapt_s": report.get("adapt_seconds", 0.0),
                 "infer_s": seconds,
                 "end_to_end_s": seconds + vol["preprocess_s"],
                 "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-                "guard": report.guard if report else None,
+                "guard": report.get("guard"),
             }
         )
     return rows
@@ -175,7 +201,8 @@ def _git_revision() -> str:
     if os.environ.get("GRATA_GIT_REVISION"):  # set where the tree travels without .git (GPU host)
         return os.environ["GRATA_GIT_REVISION"]
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        here = Path(__file__).parent  # the revision of this code, when it is a git checkout
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip() or "unknown"
     except OSError:
         return "unknown"
 
@@ -185,49 +212,52 @@ def device_name(device: torch.device) -> str:
 
 
 def run_benchmark(
-    data_dir: str = str(REPO.parent / "shared" / "data" / "abdomen"),
+    data_dir: str | None = None,
     key: str = "mr_test",
-    bundle_dir: str = str(REPO / "bundle"),
-    out: str = str(REPO / "docs" / "benchmarks" / "results.json"),
+    bundle_dir: str | None = None,
+    out: str | None = None,
     methods: str | tuple = METHODS,
     limit: int | None = None,
     device: str | None = None,
-    sw_batch_size: int = 4,
-    overlap: float = 0.25,
-    steps: int = 10,
-    patches_per_step: int = 4,
-    lr0: float = 1e-3,
-    episodic: bool = True,
-    perturb_scale: float = 1.0,
-    weak_transforms: str | tuple | None = None,
-    amp: bool = False,
-    batch_views: bool = True,
-    seed: int = 0,
+    sw_batch_size: int = defaults.SW_BATCH_SIZE,
+    overlap: float = defaults.OVERLAP,
+    steps: int = defaults.STEPS,
+    patches_per_step: int = defaults.PATCHES_PER_STEP,
+    lr0: float = defaults.LR0,
+    episodic: bool = defaults.EPISODIC,
+    perturb_scale: float = defaults.PERTURB_SCALE,
+    weak_transforms: str | tuple = defaults.WEAK_TRANSFORMS,
+    amp: bool = defaults.AMP,
+    batch_views: bool = defaults.BATCH_VIEWS,
+    seed: int = defaults.SEED,
     settings_from: str | None = None,
 ) -> dict:
     """Run ``methods`` on the ``key`` split of ``data_dir`` and write a results JSON to ``out``.
 
     Args:
-        data_dir: folder holding ``datalist.json`` (the abdomen set, or its compact cache).
+        data_dir: folder holding ``datalist.json`` (the abdomen set, or its compact cache); default
+            ``$GRATA_DATA_DIR/abdomen``.
         key: the datalist split to run on.
-        bundle_dir: the bundle whose network, weights and preprocessing are used.
+        bundle_dir: the bundle whose network, weights and preprocessing are used; default
+            ``$GRATA_BUNDLE_DIR``.
         out: the results file (overwritten: it is this command's own output).
         methods: comma-separated or tuple of names from ``METHODS``.
         limit: only the first ``limit`` volumes.
         device: ``"cuda"``/``"cpu"``; CUDA when available by default.
         sw_batch_size, overlap: sliding-window settings of every method.
         steps, patches_per_step, lr0, episodic, perturb_scale, weak_transforms, amp, batch_views, seed:
-            adaptation settings shared by the adaptive methods.
+            adaptation settings shared by the adaptive methods (defaults: ``grata_monai.defaults``).
         settings_from: a ``sweep.json``; its best settings override the ones above, TENT's for the
             entropy methods (tent, memo), GraTa's for the others.
     """
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = _out(out)
+    data_dir = paths.data_dir(data_dir)
+    dev = _device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     methods = _names(methods)
-    if isinstance(weak_transforms, str):
-        weak_transforms = _names(weak_transforms)
-    network, preprocessing, bundle = load_bundle(bundle_dir, dev)
+    weak_transforms = _names(weak_transforms)
+    network, preprocessing, bundle = load_bundle(paths.bundle_dir(bundle_dir), dev)
     volumes = prepare(data_dir, key, preprocessing, limit)
     adapt = {"steps": steps, "patches_per_step": patches_per_step, "lr0": lr0, "episodic": episodic, "amp": amp}
     adapt |= {"seed": seed, "perturb_scale": perturb_scale, "weak_transforms": weak_transforms, "batch_views": batch_views}
@@ -248,72 +278,114 @@ def run_benchmark(
         rows = evaluate(inferer, network, volumes, dev)
         settings = inferer.settings() if hasattr(inferer, "settings") else {"method": "source"}
         results["methods"][method] = {"summary": summarize(rows), "settings": settings, "volumes": rows}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(results, indent=1))
+    _write(out, results)
+    return results
+
+
+def run_source(
+    ckpt: str | None = None,
+    splits: str | tuple = ("ct_val", "mr_test"),
+    data_dir: str | None = None,
+    bundle_dir: str | None = None,
+    out: str | None = None,
+    device: str | None = None,
+    sw_batch_size: int = defaults.SW_BATCH_SIZE,
+    amp: bool = defaults.AMP,
+    limit: int | None = None,
+) -> dict:
+    """Source-only Dice of a checkpoint on datalist ``splits``: with its running (training)
+    statistics, and with per-volume normalization statistics (no gradient step).
+
+    Args:
+        ckpt: the checkpoint (``model.pt``, e.g. a fresh training run's); default the bundle's.
+        splits: comma-separated or tuple of datalist keys.
+        data_dir, bundle_dir, out, device, limit: as in :func:`run_benchmark`.
+        sw_batch_size: sliding-window batch.
+        amp: bfloat16 autocast of the per-volume statistics on CUDA.
+    """
+    out = _out(out)
+    data_dir = paths.data_dir(data_dir)
+    dev = _device(device)
+    network, preprocessing, bundle = load_bundle(paths.bundle_dir(bundle_dir), dev, ckpt)
+    running = make_inferer("source", bundle["roi_size"], sw_batch_size)
+    per_volume = make_inferer("norm_stats", bundle["roi_size"], sw_batch_size, amp=amp)
+    results: dict = {"ckpt": str(ckpt or "bundle"), "device": device_name(dev), "git_revision": _git_revision()}
+    for split in _names(splits):
+        volumes = prepare(data_dir, split, preprocessing, limit)
+        rows = {"running": evaluate(running, network, volumes, dev), "per_volume": evaluate(per_volume, network, volumes, dev)}
+        results[split] = {mode: {"summary": summarize(r), "volumes": r} for mode, r in rows.items()}
+        print(f"\n{split} ({len(volumes)} volumes)\n| statistics | mean | " + " | ".join(defaults.ORGANS) + " |")
+        for mode, entry in results[split].items():
+            s = entry["summary"]
+            print(f"| {mode} | {100 * s['dice_mean']:.1f} | " + " | ".join(f"{100 * d:.1f}" for d in s["dice_per_class"]) + " |")
+    _write(out, results)
     return results
 
 
 def run_sweep(
-    data_dir: str = str(REPO.parent / "shared" / "data" / "abdomen"),
+    data_dir: str | None = None,
     key: str = "mr_test",
     dev_volumes: int = 4,
-    bundle_dir: str = str(REPO / "bundle"),
-    out: str = str(REPO / "docs" / "benchmarks" / "sweep.json"),
+    bundle_dir: str | None = None,
+    out: str | None = None,
     methods: str | tuple = ("grata", "tent"),
     device: str | None = None,
-    amp: bool = False,
-    batch_views: bool = True,
-    seed: int = 0,
+    amp: bool = defaults.AMP,
+    batch_views: bool = defaults.BATCH_VIEWS,
+    seed: int = defaults.SEED,
     base: dict | None = None,
     axes: dict | None = None,
 ) -> dict:
     """Vary one GraTa/TENT setting at a time around ``base`` (default ``SWEEP_BASE``) over ``axes``
     (default ``SWEEP_AXES``) on the first ``dev_volumes`` volumes of ``key``; record the mean Dice of
     each configuration; the best row per method is the chosen default."""
+    out = _out(out)
+    data_dir = paths.data_dir(data_dir)
     base = dict(SWEEP_BASE if base is None else base)
     axes = SWEEP_AXES if axes is None else axes
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = _device(device)
     methods = _names(methods)
-    network, preprocessing, bundle = load_bundle(bundle_dir, dev)
+    network, preprocessing, bundle = load_bundle(paths.bundle_dir(bundle_dir), dev)
     volumes = prepare(data_dir, key, preprocessing, dev_volumes)
     configs = [base] + [base | {axis: v} for axis, values in axes.items() for v in values]
     rows = []
     for method in methods:
         for config in tqdm(configs, desc=f"sweep {method}"):
             settings = {"amp": amp, "seed": seed, "batch_views": batch_views, **config}
-            inferer = make_inferer(method, bundle["roi_size"], 4, 0.25, **settings)
+            inferer = make_inferer(method, bundle["roi_size"], **settings)
             summary = summarize(evaluate(inferer, network, volumes, dev))
             rows.append({"method": method, **config, "dice_mean": summary["dice_mean"], "infer_s": summary["infer_s"]})
     best = {m: max((r for r in rows if r["method"] == m), key=lambda r: r["dice_mean"]) for m in methods}
     result = {"device": device_name(dev), "git_revision": _git_revision(), "dev_volumes": [v["name"] for v in volumes]}
     result |= {"rows": rows, "best": best}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=1))
+    _write(out, result)
     return result
 
 
 def run_volumes(
-    dataset_dir: str = str(REPO.parent / "shared" / "data" / "ircad01" / "PATIENT_DICOM"),
-    bundle_dir: str = str(REPO / "bundle"),
-    out: str = str(REPO / "docs" / "benchmarks" / "volumes_ircad01.json"),
+    dataset_dir: str | None = None,
+    bundle_dir: str | None = None,
+    out: str | None = None,
     methods: str | tuple = METHODS,
     device: str | None = None,
-    settings_from: str | None = str(REPO / "docs" / "benchmarks" / "sweep.json"),
-    amp: bool = False,
+    settings_from: str | None = None,
+    amp: bool = defaults.AMP,
 ) -> dict:
     """Unlabelled data (e.g. a new center's DICOM series): predicted organ volumes (mL) per method.
 
     Volumes come from ``dataset_dir`` as the bundle finds them (NIfTI files or DICOM series) and are
     preprocessed with the bundle's inference preprocessing; a plausible segmentation has organ
     volumes in the adult range (liver ~1-2.5 L, each kidney ~0.1-0.25 L, spleen ~0.1-0.4 L).
+    ``dataset_dir`` defaults to ``$GRATA_DATA_DIR/ircad01/PATIENT_DICOM``.
     """
-    from grata_monai.io import list_volumes
-
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = _out(out)
+    dataset_dir = paths.data_dir(dataset_dir, "ircad01/PATIENT_DICOM")
+    bundle_dir = paths.bundle_dir(bundle_dir)
+    dev = _device(device)
     methods = _names(methods)
     network, _, bundle = load_bundle(bundle_dir, dev)
     parser = ConfigParser()
-    parser.read_config(str(Path(bundle_dir) / "configs" / "inference.json"))
+    parser.read_config(str(bundle_dir / "configs" / "inference.json"))
     preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
     labels = parser.get_parsed_content("num_classes")
     chosen = json.loads(Path(settings_from).read_text())["best"] if settings_from else {}
@@ -324,13 +396,27 @@ def run_volumes(
         rows = {}
         for method in tqdm(methods, desc=Path(item["image"]).name):
             own = {"amp": amp, **_chosen(chosen, method)}
-            inferer = make_inferer(method, bundle["roi_size"], 4, 0.25, **own)
+            inferer = make_inferer(method, bundle["roi_size"], **own)
             start = time.perf_counter()
             with torch.no_grad():
                 pred = inferer(torch.as_tensor(image)[None].to(dev), network).argmax(1)
             counts = torch.bincount(pred.flatten(), minlength=labels).cpu()
             rows[method] = {"organ_ml": [float(c) * voxel_ml for c in counts[1:]], "seconds": time.perf_counter() - start}
         result["volumes"][Path(item["image"]).name] = rows
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=1))
+    _write(out, result)
     return result
+
+
+def _device(device: str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _out(out: str | None) -> Path:
+    if not out:
+        raise ValueError("pass --out <file.json>: where to write this command's results.")
+    return Path(out)
+
+
+def _write(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))

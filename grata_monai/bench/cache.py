@@ -17,10 +17,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_CONFIG", "build_cache"]
+from grata_monai.bench import paths
 
-DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "bundle" / "configs" / "train.json")
-
+__all__ = ["build_cache"]
 
 nib.openers.Opener.default_compresslevel = 9
 
@@ -50,7 +49,7 @@ def _identity(x):
 def build_cache(
     data_dir: str,
     out_dir: str,
-    config_file: str = DEFAULT_CONFIG,
+    config_file: str | None = None,
     preprocessing_id: str = "validate#preprocessing",
     datalist: str = "datalist.json",
     num_workers: int = 4,
@@ -63,7 +62,8 @@ def build_cache(
     Args:
         data_dir: folder holding ``datalist`` and the files it lists (relative paths).
         out_dir: cache folder to create; gets the same relative paths and a ``datalist.json``.
-        config_file: bundle config whose ``preprocessing_id`` is applied (image and label keys).
+        config_file: bundle config whose ``preprocessing_id`` is applied (image and label keys);
+            default ``configs/train.json`` of ``$GRATA_BUNDLE_DIR``.
         preprocessing_id: id of a deterministic Compose with outputs ``image`` in [0, 1] and
             ``label`` (integer classes).
         datalist: datalist file name inside ``data_dir``.
@@ -82,6 +82,7 @@ def build_cache(
     from monai.data import Dataset
     from torch.utils.data import DataLoader
 
+    config_file = str(config_file or paths.bundle_dir(None) / "configs" / "train.json")
     crop_splits = (crop_splits,) if isinstance(crop_splits, str) else tuple(crop_splits)
     data_dir_p, out_dir_p = Path(data_dir).resolve(), Path(out_dir).resolve()
     out_list = out_dir_p / "datalist.json"

@@ -1,0 +1,61 @@
+"""The audit trail of a bundle run: each volume's adaptation report saved as JSON beside its segmentation."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from monai.engines.utils import IterationEvents
+
+from grata_monai.audit import reports_of
+from grata_monai.bundle.io import output_path
+
+__all__ = ["AuditReportHandler"]
+
+
+class AuditReportHandler:
+    """An ignite handler for the bundle's evaluator: when the inferer has returned a batch, write the
+    report it attached to each volume's prediction to ``<output_dir>/<input name>_<postfix>.json``.
+
+    It reads the evaluator's raw prediction (``IterationEvents.FORWARD_COMPLETED``), before the
+    postprocessing, whose inversion rebuilds the prediction's metadata from the input's. The
+    report holds the method and settings, each step's aux/pseudo loss, cosine and lr, whether
+    the divergence guard fired and why, adaptation and total seconds, the device and the source
+    model's SHA-256 (fields: docs/reliability.md). A prediction without a report (a plain inferer)
+    writes nothing. An existing report is not replaced unless ``overwrite`` is set: the write is
+    refused with a ``FileExistsError``. Being a handler of the bundle's own evaluator, it does not
+    run inside MONAI Label or MONAI Deploy, which ignore handlers.
+
+    Args:
+        output_dir: where the segmentations are written.
+        postfix: file name postfix, e.g. ``"seg_report"``.
+        overwrite: replace an existing report.
+        key: the output key of the prediction (its metadata names the inputs and holds the reports).
+    """
+
+    def __init__(self, output_dir: str, postfix: str = "report", overwrite: bool = False, key: str = "pred") -> None:
+        self.output_dir, self.postfix, self.overwrite, self.key = output_dir, postfix, overwrite, key
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self)
+
+    def write(self, pred: Any) -> list[Path]:
+        """Write the report of each volume of the batch ``pred``; return the paths written."""
+        reports = reports_of(pred)
+        sources = getattr(pred, "meta", {}).get("filename_or_obj", [])
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        paths = []
+        for i, report in enumerate(reports):
+            source = sources[i] if i < len(sources) else f"volume_{i}"
+            path = Path(output_path(source, self.output_dir, self.postfix, ".json"))
+            if path.exists() and not self.overwrite:
+                raise FileExistsError(f"audit report '{path}' already exists; pass --overwrite true to replace it.")
+            os.makedirs(path.parent, exist_ok=True)
+            path.write_text(json.dumps({"input": str(source), **report}, indent=1))
+            paths.append(path)
+        return paths
+
+    def __call__(self, engine: Any) -> None:
+        self.write(engine.state.output[self.key])

@@ -1,0 +1,60 @@
+"""Where the inferers look at a volume: patches from the body for adaptation, and windows for the
+normalization statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from monai.data.utils import dense_patch_slices
+from monai.transforms import RandCropByPosNegLabel, SpatialPad
+from monai.transforms.utils import map_binary_to_indices
+from monai.utils import convert_to_tensor
+
+__all__ = ["body_patches", "windows"]
+
+
+def body_patches(
+    volume: torch.Tensor,
+    roi_size: Sequence[int],
+    num_samples: int,
+    rng: np.random.RandomState,
+    device: torch.device,
+    foreground_threshold: float = 0.1,
+) -> Callable[[], torch.Tensor]:
+    """A function drawing ``num_samples`` roi-sized patches of ``volume`` (C, *spatial) as one batch.
+
+    Patch centres are voxels of the body: above ``foreground_threshold`` of the first channel's
+    intensity range (anywhere when nothing is). The volume is padded to ``roi_size`` first.
+
+    Args:
+        volume: the volume, channel first.
+        roi_size: the patch size.
+        num_samples: patches per draw.
+        rng: the random state of the draws (shared with the method's augmentations).
+        device: where the patches are.
+        foreground_threshold: the body threshold, as a fraction of the intensity range.
+    """
+    volume = convert_to_tensor(SpatialPad(roi_size)(volume.to(device)), track_meta=False)
+    low, high = volume[0].min(), volume[0].max()
+    mask = (volume[0] > low + foreground_threshold * (high - low))[None]
+    if not mask.any():
+        mask = torch.ones_like(mask)
+    fg, bg = map_binary_to_indices(mask, None, 0)
+    crop = RandCropByPosNegLabel(roi_size, pos=1, neg=0, num_samples=num_samples)
+    crop.set_random_state(state=rng)
+
+    def sample() -> torch.Tensor:
+        patches = crop(volume, label=mask, fg_indices=fg, bg_indices=bg)
+        return torch.stack([convert_to_tensor(p, track_meta=False) for p in patches])
+
+    return sample
+
+
+def windows(volume: torch.Tensor, roi_size: Sequence[int], device: torch.device) -> Iterator[torch.Tensor]:
+    """Non-overlapping roi-sized windows covering ``volume`` (C, *spatial), one batch of one at a time
+    (for settling the normalization statistics of the whole volume)."""
+    volume = convert_to_tensor(SpatialPad(roi_size)(volume), track_meta=False)
+    for s in dense_patch_slices(volume.shape[1:], roi_size, roi_size):
+        yield volume[(slice(None), *s)][None].to(device)
