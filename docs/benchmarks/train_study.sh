@@ -27,7 +27,7 @@ echo "$N variants on $NGPU GPU(s), $SHARE per GPU: $EPOCHS epochs of 100 iterati
 i=0
 for name in $NAMES; do
   mkdir -p "$OUT/$name"
-  CUDA_VISIBLE_DEVICES=$(( i % NGPU )) python3 -m monai.bundle run --config_file bundle/configs/train.json \
+  CUDA_VISIBLE_DEVICES=$(( i % NGPU )) python3 -m monai.bundle run --config_file bundle/configs/train.json --bundle_root bundle \
     --dataset_dir "$CACHE" --ckpt_dir "$OUT/$name" --max_epochs "$EPOCHS" --val_interval "$VAL" \
     --time_limit_s $(( BUDGET + 60 )) ${VARIANTS[$name]} ${EXTRA:-} >"$OUT/$name/train.log" 2>&1 &
   i=$(( i + 1 ))
@@ -35,7 +35,7 @@ done
 wait
 i=0
 for name in $NAMES; do
-  CUDA_VISIBLE_DEVICES=$(( i % NGPU )) python3 bundle/scripts/evaluate_source.py --dataset_dir "$CACHE" \
+  CUDA_VISIBLE_DEVICES=$(( i % NGPU )) python3 -m grata_monai.bench.cli source --data_dir "$CACHE" --bundle_dir bundle \
     --ckpt "$OUT/$name/model.pt" --splits ct_val,mr_test --out "$OUT/$name/source_eval.json" ${EVAL_EXTRA:-} \
     >"$OUT/$name/eval.log" 2>&1 &
   i=$(( i + 1 ))

@@ -1,163 +1,192 @@
-"""Training-time intensity augmentation for cross-modality robustness (CT -> MR).
+"""Training-time intensity augmentation for cross-modality robustness (CT -> MR), batched on the GPU.
 
-MONAI has gamma, histogram shift, bias field, noise and smoothing; it has no random
-convolution remapping, which the domain-generalization literature found to be the strongest
-single augmentation for CT <-> MR shifts: GIN (global intensity non-linear augmentation, a
-random shallow conv net) and its spatially varying blend (IPA-like), from Ouyang et al.,
-"Causality-inspired single-source domain generalization for medical image segmentation",
-IEEE TMI 2022. `RandGIN` / `RandGINd` implement it as MONAI transforms on tensors of any
-device (CPU or CUDA); all random draws come from the transform's `R`, so `set_determinism`
-and `set_random_state` make them reproducible.
+:class:`GPUAugment` augments a whole batch of crops with a handful of batched kernels, each crop with
+its own random parameters: class-wise **location-scale** intensity (SLAug-style: each label region
+gets its own random scale and shift), **GIN** random-convolution remapping blended with the input by
+a scalar or a smooth spatial weight (IPA-like), **gamma**, **inversion**, a multiplicative **bias
+field**, **thick-slice** simulation along the last axis (the target MR has 7.7 mm slices), Gaussian
+**blur** and **noise**, then rescaling to [0, 1]. MONAI's random intensity transforms work one image
+at a time; this is the same family of transforms, applied to a batch at once.
+
+Per-crop draws come from a ``torch.Generator`` on the device, per-batch structural choices (GIN
+depth and kernels, blur and slice factors) from a host ``random.Random``, so no draw waits on the
+device. References: Ouyang et al., IEEE TMI 2022 (GIN/IPA); Su et al., AAAI 2023 (SLAug).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+import math
+import random
+from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import MapTransform, RandomizableTransform
 
-__all__ = ["RandGIN", "RandGINd"]
+__all__ = ["GPUAugment"]
 
 
-class RandGIN(RandomizableTransform):
-    """Random-convolution intensity remapping (GIN), blended with the input and rescaled to [0, 1].
+def _per_sample(x: torch.Tensor) -> tuple[int, ...]:
+    return (-1,) + (1,) * (x.ndim - 1)
 
-    The input (channel first, 2D or 3D, any device) is standardized, passed through
-    ``n_layers`` random convolutions (kernel size drawn from ``kernel_sizes``, ``channels``
-    hidden channels, leaky ReLU between layers, weights and biases drawn fresh each call),
-    standardized again, blended with the input by ``alpha`` and min-max rescaled to [0, 1].
-    ``alpha`` is a scalar drawn from ``alpha_range`` or, with probability
-    ``spatial_mix_prob``, a smooth random field (a coarse ``field_grid`` lattice of uniform
-    values, upsampled), so different regions get different remappings.
+
+def _standardize(x: torch.Tensor) -> torch.Tensor:
+    dims = tuple(range(1, x.ndim))
+    return (x - x.mean(dims, keepdim=True)) / (x.std(dims, keepdim=True) + 1e-6)
+
+
+def _rescale(x: torch.Tensor) -> torch.Tensor:
+    dims = tuple(range(1, x.ndim))
+    lo, hi = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(1e-6)
+
+
+class GPUAugment:
+    """Batched random intensity augmentation of image crops ``(B, 1, *spatial)`` in [0, 1].
+
+    Each augmentation is applied to each crop independently with its probability; parameters are
+    drawn per crop. ``labels`` (``(B, 1, *spatial)``, integer classes) drive the location-scale
+    augmentation only.
 
     Args:
-        prob: probability of applying the transform.
-        n_layers: inclusive range of the number of conv layers.
-        channels: hidden channels of the random net.
-        kernel_sizes: kernel sizes to draw from, per layer.
-        negative_slope: leaky ReLU slope.
-        alpha_range: range of the weight of the remapped image in the blend.
-        spatial_mix_prob: probability of a spatially varying blend instead of a scalar one.
-        field_grid: lattice size of the spatial blend field (per spatial dim).
+        num_classes: number of label classes (background included).
+        location_scale_prob: class-wise random scale ``U(scale_range)`` and shift
+            ``U(-shift, shift)`` of the intensities inside each (smoothed) label region.
+        scale_range, shift: the location-scale ranges.
+        gin_prob: GIN remapping; ``gin_layers`` inclusive range of random conv layers with
+            ``gin_channels`` hidden channels and kernel sizes from ``gin_kernels``.
+        gin_spatial_prob: a smooth spatial blend weight (IPA-like) instead of a scalar.
+        gamma_prob, gamma_range: power law ``x ** gamma``, log-uniform gamma.
+        invert_prob: ``1 - x``.
+        bias_prob, bias_std: multiplicative field ``exp(smooth N(0, bias_std))``.
+        thick_slice_prob, thick_slice_range: average and re-interpolate the last axis by a factor
+            drawn from the range (one factor per batch).
+        blur_prob, blur_sigma: Gaussian blur with sigma (voxels) drawn per batch.
+        noise_prob, noise_std: additive Gaussian noise with std ``U(0, noise_std)``.
     """
 
     def __init__(
         self,
-        prob: float = 1.0,
-        n_layers: Sequence[int] = (2, 4),
-        channels: int = 4,
-        kernel_sizes: Sequence[int] = (1, 3),
-        negative_slope: float = 0.2,
-        alpha_range: Sequence[float] = (0.0, 1.0),
-        spatial_mix_prob: float = 0.5,
-        field_grid: int = 4,
+        num_classes: int = 5,
+        location_scale_prob: float = 0.5,
+        scale_range: Sequence[float] = (0.6, 1.4),
+        shift: float = 0.25,
+        gin_prob: float = 0.8,
+        gin_layers: Sequence[int] = (2, 4),
+        gin_channels: int = 4,
+        gin_kernels: Sequence[int] = (1, 3),
+        gin_spatial_prob: float = 0.5,
+        gamma_prob: float = 0.5,
+        gamma_range: Sequence[float] = (0.5, 2.0),
+        invert_prob: float = 0.15,
+        bias_prob: float = 0.3,
+        bias_std: float = 0.3,
+        thick_slice_prob: float = 0.5,
+        thick_slice_range: Sequence[float] = (1.0, 2.5),
+        blur_prob: float = 0.3,
+        blur_sigma: Sequence[float] = (0.25, 1.0),
+        noise_prob: float = 0.3,
+        noise_std: float = 0.05,
     ) -> None:
-        RandomizableTransform.__init__(self, prob)
-        if n_layers[0] < 1 or n_layers[1] < n_layers[0]:
-            raise ValueError(f"n_layers must be an inclusive range (lo, hi) with 1 <= lo <= hi, got {n_layers}.")
-        self.n_layers = (int(n_layers[0]), int(n_layers[1]))
-        self.channels = int(channels)
-        self.kernel_sizes = tuple(int(k) for k in kernel_sizes)
-        self.negative_slope = float(negative_slope)
-        self.alpha_range = (float(alpha_range[0]), float(alpha_range[1]))
-        self.spatial_mix_prob = float(spatial_mix_prob)
-        self.field_grid = int(field_grid)
-        self._layers: list[tuple[np.ndarray, np.ndarray]] = []
-        self._alpha: np.ndarray | float = 0.0
+        self.num_classes = int(num_classes)
+        self.location_scale_prob, self.scale_range, self.shift = location_scale_prob, tuple(scale_range), shift
+        self.gin_prob, self.gin_layers, self.gin_channels = gin_prob, tuple(gin_layers), int(gin_channels)
+        self.gin_kernels, self.gin_spatial_prob = tuple(int(k) for k in gin_kernels), gin_spatial_prob
+        self.gamma_prob, self.gamma_range, self.invert_prob = gamma_prob, tuple(gamma_range), invert_prob
+        self.bias_prob, self.bias_std = bias_prob, bias_std
+        self.thick_slice_prob, self.thick_slice_range = thick_slice_prob, tuple(thick_slice_range)
+        self.blur_prob, self.blur_sigma = blur_prob, tuple(blur_sigma)
+        self.noise_prob, self.noise_std = noise_prob, noise_std
 
-    def randomize(self, data: torch.Tensor) -> None:  # type: ignore[override]
-        super().randomize(None)
-        if not self._do_transform:
-            return
-        in_ch, spatial_dims = data.shape[0], data.ndim - 1
-        depth = int(self.R.randint(self.n_layers[0], self.n_layers[1] + 1))
-        self._layers = []
-        for i in range(depth):
-            out_ch = in_ch if i == depth - 1 else self.channels
-            cin = in_ch if i == 0 else self.channels
-            k = int(self.R.choice(self.kernel_sizes))
-            fan_in = cin * k**spatial_dims
-            w = self.R.standard_normal((out_ch, cin) + (k,) * spatial_dims) / np.sqrt(fan_in)
-            b = self.R.standard_normal(out_ch)
-            self._layers.append((w.astype(np.float32), b.astype(np.float32)))
-        lo, hi = self.alpha_range
-        if self.R.rand() < self.spatial_mix_prob:
-            grid = self.R.uniform(lo, hi, (1, 1) + (self.field_grid,) * spatial_dims)
-            self._alpha = grid.astype(np.float32)
-        else:
-            self._alpha = float(self.R.uniform(lo, hi))
+    # --- helpers -----------------------------------------------------------------------------
+    @staticmethod
+    def _uniform(g: torch.Generator, n: int, lo: float, hi: float, device) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=g, device=device)
 
     @staticmethod
-    def _standardize(x: torch.Tensor) -> torch.Tensor:
-        return (x - x.mean()) / (x.std() + 1e-6)
+    def _coin(g: torch.Generator, n: int, p: float, device) -> torch.Tensor:
+        return torch.rand(n, generator=g, device=device) < p
 
-    def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:  # type: ignore[override]
-        """Apply to a channel-first image ``[C, *spatial]``; returns the same type and device."""
-        if randomize:
-            self.randomize(img)
-        if not self._do_transform:
-            return img
-        x = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
-        dtype, device = x.dtype, x.device
+    @staticmethod
+    def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask.view(_per_sample(a)), a, b)
+
+    def _smooth_field(self, g: torch.Generator, shape: tuple, grid: int, device) -> torch.Tensor:
+        coarse = torch.randn((shape[0], 1) + (grid,) * (len(shape) - 2), generator=g, device=device)
+        return F.interpolate(coarse, size=shape[2:], mode="trilinear", align_corners=True)
+
+    # --- the augmentations -------------------------------------------------------------------
+    def location_scale(self, g: torch.Generator, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each label region (smoothed one-hot) gets its own intensity scale about its mean, and shift."""
+        b, k = x.shape[0], self.num_classes
+        onehot = F.one_hot(labels[:, 0].long().clamp(0, k - 1), k).movedim(-1, 1).float()
+        masks = F.avg_pool3d(onehot, 5, stride=1, padding=2, count_include_pad=False)
+        area = masks.sum((2, 3, 4), keepdim=True).clamp_min(1.0)
+        means = (masks * x).sum((2, 3, 4), keepdim=True) / area
+        scale = self._uniform(g, b * k, *self.scale_range, x.device).view(b, k, 1, 1, 1)
+        shift = self._uniform(g, b * k, -self.shift, self.shift, x.device).view(b, k, 1, 1, 1)
+        out = (masks * (scale * (x - means) + means + shift)).sum(1, keepdim=True)
+        return out.clamp(0, 1)
+
+    def gin(self, g: torch.Generator, rng: random.Random, x: torch.Tensor) -> torch.Tensor:
+        """GIN: a random shallow conv net per crop (grouped conv), blended with the input."""
+        b, device = x.shape[0], x.device
+        depth = rng.randint(*self.gin_layers)
+        h = _standardize(x).reshape(1, b, *x.shape[2:])
+        cin = 1
+        for i in range(depth):
+            cout = 1 if i == depth - 1 else self.gin_channels
+            k = rng.choice(self.gin_kernels)
+            w = torch.randn(b * cout, cin, k, k, k, generator=g, device=device) / math.sqrt(cin * k**3)
+            bias = torch.randn(b * cout, generator=g, device=device)
+            h = F.conv3d(h, w, bias, padding=k // 2, groups=b)
+            if i < depth - 1:
+                h = F.leaky_relu(h, 0.2)
+            cin = cout
+        remapped = _standardize(h.reshape(x.shape))
+        scalar = torch.rand(b, generator=g, device=device).view(_per_sample(x))
+        field = torch.sigmoid(2.0 * self._smooth_field(g, x.shape, 4, device))
+        spatial = self._coin(g, b, self.gin_spatial_prob, device).view(_per_sample(x))
+        alpha = torch.where(spatial, field, scalar)
+        return _rescale(alpha * remapped + (1 - alpha) * _standardize(x))
+
+    def thick_slices(self, rng: random.Random, x: torch.Tensor) -> torch.Tensor:
+        """Simulate thicker slices: average the last axis down by a random factor, interpolate back."""
+        factor = rng.uniform(*self.thick_slice_range)
+        depth = x.shape[-1]
+        low = F.interpolate(x, size=(*x.shape[2:4], max(round(depth / factor), 1)), mode="area")
+        return F.interpolate(low, size=x.shape[2:], mode="trilinear", align_corners=False)
+
+    def blur(self, rng: random.Random, x: torch.Tensor) -> torch.Tensor:
+        """Separable Gaussian blur, one sigma (voxels) per batch."""
+        sigma = rng.uniform(*self.blur_sigma)
+        radius = max(math.ceil(2 * sigma), 1)
+        t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+        kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        for axis in range(3):
+            shape = [1, 1, 1, 1, 1]
+            shape[2 + axis] = kernel.numel()
+            pad = [0, 0, 0, 0, 0, 0]
+            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+            x = F.conv3d(F.pad(x, pad, mode="replicate"), kernel.view(shape))
+        return x
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor, g: torch.Generator, rng: random.Random) -> torch.Tensor:
+        """Augment the crops ``x`` (labels ``labels``) with device generator ``g`` and host RNG ``rng``."""
+        b, dev = x.shape[0], x.device
         x = x.float()
-        spatial_dims = x.ndim - 1
-        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[spatial_dims]
-        h = self._standardize(x)[None]
-        for i, (w, b) in enumerate(self._layers):
-            wt, bt = torch.as_tensor(w, device=device), torch.as_tensor(b, device=device)
-            h = conv(h, wt, bt, padding=w.shape[-1] // 2)
-            if i < len(self._layers) - 1:
-                h = F.leaky_relu(h, self.negative_slope)
-        gin = self._standardize(h[0])
-        if isinstance(self._alpha, np.ndarray):
-            mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial_dims]
-            alpha = F.interpolate(
-                torch.as_tensor(self._alpha, device=device), size=x.shape[1:], mode=mode, align_corners=True
-            )[0]
-        else:
-            alpha = torch.tensor(self._alpha, device=device)
-        out = alpha * gin + (1 - alpha) * self._standardize(x)
-        out = (out - out.min()) / (out.max() - out.min()).clamp_min(1e-6)
-        out = out.to(dtype)
-        if isinstance(img, MetaTensor):
-            return MetaTensor(out, meta=img.meta, applied_operations=img.applied_operations)
-        return out
-
-
-class RandGINd(RandomizableTransform, MapTransform):
-    """Dictionary version of `RandGIN`: one random net per call, applied to every key.
-
-    Args:
-        keys: keys of the images to remap (labels must not be listed).
-        prob: probability of applying the transform.
-        allow_missing_keys: do not raise for missing keys.
-        kwargs: the other arguments of `RandGIN`.
-    """
-
-    def __init__(self, keys: KeysCollection, prob: float = 1.0, allow_missing_keys: bool = False, **kwargs) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-        self.gin = RandGIN(prob=1.0, **kwargs)
-
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandGINd:
-        super().set_random_state(seed, state)
-        self.gin.set_random_state(seed, state)
-        return self
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        first = True
-        for key in self.key_iterator(d):
-            if first:
-                self.gin.randomize(d[key])
-                first = False
-            d[key] = self.gin(d[key], randomize=False)
-        return d
+        x = self._where(self._coin(g, b, self.location_scale_prob, dev), self.location_scale(g, x, labels), x)
+        x = self._where(self._coin(g, b, self.gin_prob, dev), self.gin(g, rng, x), x)
+        lo, hi = math.log(self.gamma_range[0]), math.log(self.gamma_range[1])
+        gamma = torch.exp(self._uniform(g, b, lo, hi, dev)).view(_per_sample(x))
+        x = self._where(self._coin(g, b, self.gamma_prob, dev), x.clamp_min(0) ** gamma, x)
+        x = self._where(self._coin(g, b, self.invert_prob, dev), 1 - x, x)
+        field = torch.exp(self.bias_std * self._smooth_field(g, x.shape, 3, dev))
+        x = self._where(self._coin(g, b, self.bias_prob, dev), x * field, x)
+        if rng.random() < self.thick_slice_prob:
+            x = self.thick_slices(rng, x)
+        x = self._where(self._coin(g, b, self.blur_prob, dev), self.blur(rng, x), x)
+        std = self._uniform(g, b, 0, self.noise_std, dev).view(_per_sample(x))
+        noisy = x + std * torch.randn(x.shape, generator=g, device=dev)
+        x = self._where(self._coin(g, b, self.noise_prob, dev), noisy, x)
+        return _rescale(x)
