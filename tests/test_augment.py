@@ -1,90 +1,76 @@
-"""RandGIN / RandGINd: range, shape, type, device, probability and reproducibility."""
+"""GPUAugment: each augmentation's effect, range, shape, per-crop independence and reproducibility."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Compose
-from monai.utils import set_determinism
 
-from grata_monai.bundle.augment import RandGIN, RandGINd
+from grata_monai.bundle.augment import GPUAugment
+
+OFF = dict(location_scale_prob=0.0, gin_prob=0.0, gamma_prob=0.0, invert_prob=0.0, bias_prob=0.0,
+           thick_slice_prob=0.0, blur_prob=0.0, noise_prob=0.0)
 
 
-def _image(shape=(1, 24, 20, 12)) -> torch.Tensor:
+def _batch(b: int = 3):
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(*shape, generator=g) * 0.2
-    x[(slice(None),) + tuple(slice(2, s - 2) for s in shape[1:])] += 0.6
-    return x
+    x = torch.rand(b, 1, 16, 12, 8, generator=g) * 0.3
+    y = torch.zeros(b, 1, 16, 12, 8)
+    x[:, :, 4:12, 3:9, 2:6] += 0.5
+    y[:, :, 4:12, 3:9, 2:6] = 1
+    return x, y
 
 
-@pytest.mark.parametrize("spatial_mix_prob", [0.0, 1.0])
-@pytest.mark.parametrize("shape", [(1, 24, 20, 12), (1, 32, 28), (2, 16, 16, 8)])
-def test_output_in_unit_range_same_shape(shape, spatial_mix_prob):
-    t = RandGIN(prob=1.0, spatial_mix_prob=spatial_mix_prob).set_random_state(1)
-    x = _image(shape)
-    y = t(x)
-    assert y.shape == x.shape and y.dtype == x.dtype
-    assert float(y.min()) == pytest.approx(0.0, abs=1e-6) and float(y.max()) == pytest.approx(1.0, abs=1e-6)
-    assert not torch.allclose(y, x)
+def _run(aug: GPUAugment, x, y, seed: int = 0):
+    return aug(x, y, torch.Generator().manual_seed(seed), random.Random(seed))
 
 
-def test_alpha_zero_is_rescaled_identity():
-    x = _image()
-    y = RandGIN(prob=1.0, alpha_range=(0.0, 0.0), spatial_mix_prob=0.0)(x)
-    ref = (x - x.min()) / (x.max() - x.min())
-    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+def test_all_off_only_rescales():
+    x, y = _batch()
+    out = _run(GPUAugment(**OFF), x, y)
+    lo = x.amin((1, 2, 3, 4), keepdim=True)
+    hi = x.amax((1, 2, 3, 4), keepdim=True)
+    assert torch.allclose(out, (x - lo) / (hi - lo), atol=1e-6)
 
 
-def test_prob_zero_is_identity():
-    x = _image()
-    assert RandGIN(prob=0.0)(x) is x
+@pytest.mark.parametrize("name", ["location_scale", "gin", "gamma", "invert", "bias", "thick_slice", "blur", "noise"])
+def test_each_augmentation_changes_the_image_within_range(name):
+    x, y = _batch()
+    out = _run(GPUAugment(**(OFF | {f"{name}_prob": 1.0})), x, y)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1 + 1e-6
+    assert not torch.allclose(out, _run(GPUAugment(**OFF), x, y), atol=1e-3)
 
 
-def test_reproducible_with_seed_and_varies_between_calls():
-    x = _image()
-    a = RandGIN(prob=1.0).set_random_state(7)
-    b = RandGIN(prob=1.0).set_random_state(7)
-    ya1, ya2 = a(x), a(x)
-    torch.testing.assert_close(ya1, b(x))
-    assert not torch.allclose(ya1, ya2)
+def test_invert_is_exact():
+    x, y = _batch()
+    base, inv = _run(GPUAugment(**OFF), x, y), _run(GPUAugment(**(OFF | {"invert_prob": 1.0})), x, y)
+    assert torch.allclose(inv, 1 - base, atol=1e-6)
 
 
-def test_metatensor_keeps_meta():
-    x = MetaTensor(_image(), affine=torch.diag(torch.tensor([2.0, 2.0, 4.0, 1.0])))
-    y = RandGIN(prob=1.0).set_random_state(0)(x)
-    assert isinstance(y, MetaTensor)
-    torch.testing.assert_close(y.affine, x.affine)
+def test_location_scale_is_uniform_within_a_region():
+    """Away from the (smoothed) region borders every voxel of a region gets the same affine map."""
+    x, y = _batch(1)
+    x = torch.full_like(x, 0.2)
+    x[y > 0] = 0.6
+    out = GPUAugment(**OFF).location_scale(torch.Generator().manual_seed(1), x, y)
+    inner = out[0, 0, 6:10, 5:7, 3:5]
+    assert torch.allclose(inner, inner.flatten()[0].expand_as(inner), atol=1e-5)
 
 
-def test_dict_version_same_net_for_all_keys_and_leaves_others():
-    x = _image()
-    label = (x > 0.5).float()
-    t = RandGINd(["a", "b"], prob=1.0).set_random_state(3)
-    out = t({"a": x, "b": x.clone(), "label": label})
-    torch.testing.assert_close(out["a"], out["b"])
-    assert out["label"] is label
+def test_crops_get_their_own_parameters_and_seeds_reproduce():
+    x, y = _batch(2)
+    x[1] = x[0]
+    aug = GPUAugment(gin_prob=1.0)
+    a, b = _run(aug, x, y, seed=3), _run(aug, x, y, seed=3)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a[0], a[1], atol=1e-3)
 
 
-def test_in_compose_with_set_determinism():
-    x = _image()
-    outs = []
-    for _ in range(2):
-        set_determinism(seed=0)
-        outs.append(Compose([RandGINd("image", prob=1.0)])({"image": x})["image"])
-    set_determinism(None)
-    torch.testing.assert_close(outs[0], outs[1])
-
-
-def test_invalid_layers():
-    with pytest.raises(ValueError, match="n_layers"):
-        RandGIN(n_layers=(3, 2))
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_matches_cpu():
-    x = _image()
-    y_cpu = RandGIN(prob=1.0).set_random_state(5)(x)
-    y_gpu = RandGIN(prob=1.0).set_random_state(5)(x.cuda())
-    assert y_gpu.device.type == "cuda"
-    torch.testing.assert_close(y_gpu.cpu(), y_cpu, atol=1e-4, rtol=1e-4)
+def test_gin_keeps_the_anatomy():
+    """A GIN remap is a local intensity function: the organ stays distinguishable from its surround."""
+    x, y = _batch(1)
+    out = GPUAugment(**OFF).gin(torch.Generator().manual_seed(0), random.Random(0), x)
+    inside, outside = out[y > 0].mean(), out[y == 0].mean()
+    assert abs(float(inside - outside)) > 0.01
