@@ -30,6 +30,8 @@ class VolumeReport:
     settings: dict = field(default_factory=dict)
     steps: list[dict] = field(default_factory=list)
     guard: str | None = None
+    volume_statistics_weight: float | None = None  # 1: the volume's normalization statistics, 0: the source's
+    domain_distance: float | None = None  # norm_stats="auto": intensity-histogram distance to the source data
     adapt_seconds: float = 0.0
     total_seconds: float = 0.0
     device: str = ""

@@ -20,6 +20,10 @@ __all__ = [
     "AMP",
     "SEED",
     "ORGANS",
+    "PRESETS",
+    "BLEND_RANGE",
+    "HISTOGRAM_BINS",
+    "BODY_FLOOR",
 ]
 
 ROI_SIZE = (96, 96, 48)  # sliding windows and adaptation patches (voxels of 2 x 2 x 4 mm)
@@ -37,3 +41,31 @@ EPISODIC = True  # every volume starts from the source weights
 AMP = True  # bfloat16 autocast, on CUDA only
 SEED = 0
 ORGANS = ("liver", "right kidney", "left kidney", "spleen")  # output channels 1..4 (0: background)
+# norm_stats="auto" (grata_monai.domain): the intensity-histogram distance to the source training
+# data where blending from the source's statistics (below) to the volume's (above) happens, chosen
+# between the training CT (up to 0.47) and most dev MR volumes (0.48-0.79): docs/reliability.md.
+BLEND_RANGE = (0.45, 0.55)
+HISTOGRAM_BINS = 32
+BODY_FLOOR = 0.05  # intensities above it (after the bundle's [0, 1] scaling) count as body
+
+# Named recipes for GraTaInferer(preset=...). "paper": exactly the paper's protocol (AAAI 2025):
+# entropy aux, consistency pseudo loss with the paper's strong augmentation and its five weak views
+# (in 3D: flips of the first two axes -- the first mirrors left and right -- and in-plane rotations),
+# theta - g_a, (cos + 1)^2 / 4, Adam 1e-4, norm affine only, continual, one step per image, no guard.
+PRESETS = {
+    "paper": {
+        "steps": 1,
+        "lr0": 1e-4,
+        "optimizer": "adam",
+        "episodic": False,
+        "weak_transforms": ("flip0", "flip1", "rot90", "rot180", "rot270"),
+        "strong": "paper",
+        "temperature": 1.0,
+        "perturb_scale": 1.0,
+        "align": True,
+        "dynamic_lr": True,
+        "adapt_params": "norm",
+        "norm_stats": "volume",
+        "guard": False,
+    },
+}

@@ -31,8 +31,15 @@ from grata_monai.alignment import StepRecord, grata_step
 from grata_monai.audit import VolumeReport, attach_reports, checksum
 from grata_monai.distributed import average_across_ranks
 from grata_monai.guard import DivergenceGuard, measure
+from grata_monai.domain import histogram_distance, volume_weight
 from grata_monai.losses import ConsistencyLoss, EntropyLoss
-from grata_monai.norms import configure_model, settle_batch_norm_statistics, use_test_statistics
+from grata_monai.norms import (
+    batch_norm_statistics,
+    configure_model,
+    load_batch_norm_statistics,
+    settle_batch_norm_statistics,
+    use_test_statistics,
+)
 from grata_monai.sampling import body_patches, windows
 
 __all__ = ["Episode", "AdaptiveInferer", "GraTaInferer", "unwrap_network", "check_inputs"]
@@ -108,7 +115,14 @@ class AdaptiveInferer(Inferer):
             volume's intensity range (the body rather than air).
         norm_stats: ``"volume"`` settles BatchNorm statistics once per volume (from non-overlapping
             windows) so outputs do not depend on ``sw_batch_size``; ``"source"`` keeps the source
-            model's running statistics at inference.
+            model's running statistics at inference; ``"auto"`` blends the two by the volume's
+            distance from the source domain (:mod:`grata_monai.domain`): the source's for
+            in-domain volumes, the volume's for shifted ones (docs/reliability.md).
+        reference_histogram: the source training data's intensity histogram
+            (``grata-monai reference``), needed by ``"auto"``.
+        blend_range: the histogram distances where ``"auto"`` starts and ends blending.
+        adapt_params: which parameters adapt, from ``norms.PARAM_SCOPES`` (``"norm"``: the paper's
+            norm-layer affine parameters).
         guard: check the adaptation on held-out patches (:mod:`grata_monai.guard`) and fall back
             to the unadapted weights for the volume when it diverged or got worse (continual mode:
             reset to the source weights). The reason is in the volume's report.
@@ -136,6 +150,9 @@ class AdaptiveInferer(Inferer):
         sigmoid: bool = False,
         foreground_threshold: float = 0.1,
         norm_stats: str = "volume",
+        reference_histogram: Sequence[float] | None = None,
+        blend_range: Sequence[float] = defaults.BLEND_RANGE,
+        adapt_params: str = "norm",
         guard: bool = True,
         guard_entropy_tolerance: float = 0.1,
         guard_volume_ratio: float = 0.5,
@@ -144,8 +161,12 @@ class AdaptiveInferer(Inferer):
         super().__init__()
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}.")
-        if norm_stats not in ("volume", "source"):
-            raise ValueError(f"norm_stats must be 'volume' or 'source', got {norm_stats!r}.")
+        if norm_stats not in ("volume", "source", "auto"):
+            raise ValueError(f"norm_stats must be 'volume', 'source' or 'auto', got {norm_stats!r}.")
+        if norm_stats == "auto" and not reference_histogram:
+            raise ValueError("norm_stats='auto' needs reference_histogram: the source data's (grata-monai reference).")
+        if not 0 <= blend_range[0] < blend_range[1]:
+            raise ValueError(f"blend_range must be (low, high) with 0 <= low < high, got {blend_range}.")
         if steps < 0 or patches_per_step < 1:
             raise ValueError(f"Need steps >= 0 and patches_per_step >= 1, got {steps} and {patches_per_step}.")
         self.sliding = SlidingWindowInferer(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, **kwargs)
@@ -153,6 +174,9 @@ class AdaptiveInferer(Inferer):
         self.steps, self.patches_per_step, self.lr0 = steps, patches_per_step, lr0
         self.optimizer, self.episodic, self.amp, self.seed = optimizer, episodic, amp, seed
         self.sigmoid, self.foreground_threshold, self.norm_stats = sigmoid, foreground_threshold, norm_stats
+        self.adapt_params, self.blend_range = adapt_params, (float(blend_range[0]), float(blend_range[1]))
+        self.reference_histogram = [float(v) for v in reference_histogram] if reference_histogram else None
+        configure_model(nn.Sequential(nn.BatchNorm1d(1)), adapt_params)  # fail early on an unknown scope
         self.guard = DivergenceGuard(guard_entropy_tolerance, guard_volume_ratio) if guard else None
         self._episode: Episode | None = None  # the continual state
         self._lock = threading.Lock()
@@ -161,7 +185,7 @@ class AdaptiveInferer(Inferer):
     def configure(self, source: nn.Module, device: torch.device) -> Episode:
         """A fresh episode: a copy of ``source`` with only its norm affine parameters trainable."""
         network = copy.deepcopy(source).to(device)
-        params = configure_model(network)
+        params = configure_model(network, self.adapt_params)
         opt_cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD
         return Episode(source, network, params, opt_cls(params, lr=self.lr0), np.random.RandomState(self.seed))
 
@@ -187,6 +211,7 @@ class AdaptiveInferer(Inferer):
     def settings(self) -> dict:
         """The method's settings, for reports."""
         keys = ("roi_size", "steps", "patches_per_step", "lr0", "optimizer", "episodic", "amp", "seed", "norm_stats")
+        keys += ("adapt_params", "sigmoid", "blend_range")
         return {"method": self.method, **{k: getattr(self, k) for k in keys}, "guard": self.guard is not None}
 
     # --- one volume -----------------------------------------------------------------------------
@@ -227,14 +252,20 @@ class AdaptiveInferer(Inferer):
             torch._foreach_copy_(episode.params, theta0)
         return episode
 
-    def settle(self, episode: Episode, volume: torch.Tensor, device: torch.device) -> None:
-        """Fix the normalization statistics used at inference: the whole volume's, or the source's."""
-        if self.norm_stats == "volume":
-            settle_batch_norm_statistics(episode.network, windows(volume, self.roi_size, device))
-            return
-        for mine, theirs in zip(episode.network.buffers(), episode.source.buffers()):
-            mine.copy_(theirs)  # adaptation forwards updated them; keep the source statistics
-        episode.network.eval()
+    def settle(self, episode: Episode, volume: torch.Tensor, device: torch.device, report: VolumeReport) -> None:
+        """Fix the normalization statistics used at inference: the whole volume's, the source's, or
+        (``"auto"``) a blend weighted by the volume's distance from the source domain, in ``report``."""
+        network, source = episode.network, batch_norm_statistics(episode.source)
+        weight = 1.0 if self.norm_stats == "volume" else 0.0
+        if self.norm_stats == "auto":
+            report.domain_distance = histogram_distance(volume, self.reference_histogram)
+            weight = volume_weight(report.domain_distance, self.blend_range)
+        if weight > 0:
+            settle_batch_norm_statistics(network, windows(volume, self.roi_size, device))
+        own = batch_norm_statistics(network)
+        load_batch_norm_statistics(network, [(s[0].lerp(o[0], weight), s[1].lerp(o[1], weight)) for s, o in zip(source, own)])
+        network.eval()
+        report.volume_statistics_weight = weight
 
     def infer_volume(self, batch: torch.Tensor, source: nn.Module, device: torch.device) -> tuple[torch.Tensor, VolumeReport]:
         """Adapt to the single volume of ``batch`` (1, C, *spatial); return its logits and report."""
@@ -247,7 +278,7 @@ class AdaptiveInferer(Inferer):
             episode = self.adapt(episode, volume, device, report)
         report.adapt_seconds = _seconds_since(start, device)
         with torch.no_grad(), autocast:
-            self.settle(episode, volume, device)
+            self.settle(episode, volume, device, report)
             logits = self.sliding(batch, episode.network)
         report.total_seconds = _seconds_since(start, device)
         return logits, report
@@ -272,9 +303,13 @@ class GraTaInferer(AdaptiveInferer):
     """GraTa: adapt norm-layer affine parameters by gradient alignment, then sliding-window inference.
 
     Args (besides :class:`AdaptiveInferer`'s):
+        preset: a named recipe from ``defaults.PRESETS`` (``"paper"``: the paper's protocol); it fixes
+            its settings, so passing one of them too is an error.
         perturb_scale: scale of the perturbation theta - scale * g_a (1.0 in the paper).
         weak_transforms: weak views averaged into the pseudo-label (from ``views.WEAK_VIEWS``).
+        strong: the strong view of the consistency loss (``losses.STRONG_VIEWS``).
         strong_prob: probability of each strong intensity augmentation.
+        temperature: sharpening of the soft pseudo-label (1: none).
         batch_views: predict the weak views of the pseudo-label in one batch (faster on GPUs).
         align: ablation switch; False takes the pseudo gradient at theta (no perturbation).
         dynamic_lr: ablation switch; False steps with the fixed ``lr0``.
@@ -284,6 +319,17 @@ class GraTaInferer(AdaptiveInferer):
     """
 
     method = "grata"
+    OPTIONS = {
+        "perturb_scale": defaults.PERTURB_SCALE,
+        "weak_transforms": defaults.WEAK_TRANSFORMS,
+        "strong": "paper",
+        "strong_prob": 0.5,
+        "temperature": 1.0,
+        "batch_views": defaults.BATCH_VIEWS,
+        "align": True,
+        "dynamic_lr": True,
+        "sync_ranks": False,
+    }
 
     def __init__(
         self,
@@ -291,33 +337,39 @@ class GraTaInferer(AdaptiveInferer):
         sw_batch_size: int = defaults.SW_BATCH_SIZE,
         overlap: float = defaults.OVERLAP,
         *,
-        perturb_scale: float = defaults.PERTURB_SCALE,
-        weak_transforms: Sequence[str] = defaults.WEAK_TRANSFORMS,
-        strong_prob: float = 0.5,
-        batch_views: bool = defaults.BATCH_VIEWS,
-        align: bool = True,
-        dynamic_lr: bool = True,
-        sync_ranks: bool = False,
+        preset: str | None = None,
         **kwargs: Any,
     ) -> None:
+        if preset is not None:
+            if preset not in defaults.PRESETS:
+                raise ValueError(f"Unknown preset {preset!r}; choose from {sorted(defaults.PRESETS)}.")
+            fixed = sorted(set(kwargs) & set(defaults.PRESETS[preset]))
+            if fixed:
+                raise ValueError(f"preset {preset!r} fixes {fixed}: drop them, or the preset.")
+            kwargs = {**defaults.PRESETS[preset], **kwargs}
+        own = {k: kwargs.pop(k, v) for k, v in self.OPTIONS.items()}
         super().__init__(roi_size, sw_batch_size, overlap, **kwargs)
-        if sync_ranks and self.episodic:
+        if own["sync_ranks"] and self.episodic:
             raise ValueError("sync_ranks shares one continually adapted state: set episodic=False.")
-        self.sync_ranks = sync_ranks
-        self.perturb_scale, self.weak_transforms = perturb_scale, tuple(weak_transforms)
-        self.strong_prob, self.batch_views, self.align, self.dynamic_lr = strong_prob, batch_views, align, dynamic_lr
-        ConsistencyLoss(self.weak_transforms)  # fail early on unknown weak transforms
+        self.preset = preset
+        for key, value in own.items():
+            setattr(self, key, tuple(value) if key == "weak_transforms" else value)
+        self._consistency(np.random.RandomState(0))  # fail early on unknown views or a bad temperature
+
+    def _consistency(self, rng: np.random.RandomState) -> ConsistencyLoss:
+        loss = ConsistencyLoss(
+            self.weak_transforms, self.sigmoid, None, self.strong_prob, self.batch_views, self.temperature, self.strong
+        )
+        loss.set_random_state(rng)
+        return loss
 
     def settings(self) -> dict:
-        keys = ("perturb_scale", "weak_transforms", "sigmoid", "strong_prob", "batch_views", "align", "dynamic_lr")
-        return {**super().settings(), **{k: getattr(self, k) for k in keys + ("sync_ranks",)}}
+        return {**super().settings(), "preset": self.preset, **{k: getattr(self, k) for k in self.OPTIONS}}
 
     def adapt_step(self, episode: Episode, x: torch.Tensor) -> StepRecord:
         losses = episode.state.get("losses")
         if losses is None:
-            consistency = ConsistencyLoss(self.weak_transforms, self.sigmoid, None, self.strong_prob, self.batch_views)
-            consistency.augment.set_random_state(state=episode.rng)
-            losses = episode.state["losses"] = (EntropyLoss(self.sigmoid), consistency)
+            losses = episode.state["losses"] = (EntropyLoss(self.sigmoid), self._consistency(episode.rng))
         return grata_step(
             episode.network,
             episode.params,

@@ -6,18 +6,35 @@ the views they predict on are in :mod:`grata_monai.views`.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grata_monai.augment import GPUAugment
 from grata_monai.defaults import BATCH_VIEWS, WEAK_TRANSFORMS
 from grata_monai.views import WEAK_VIEWS, augment_each, strong_augmentation, weak_transform
 
-__all__ = ["EPS", "probabilities", "probability_entropy", "entropy", "EntropyLoss", "soft_pseudo_label", "ConsistencyLoss"]
+__all__ = [
+    "EPS",
+    "STRONG_VIEWS",
+    "probabilities",
+    "probability_entropy",
+    "entropy",
+    "EntropyLoss",
+    "soft_pseudo_label",
+    "sharpen",
+    "invariant_augmentation",
+    "ConsistencyLoss",
+]
 
 EPS = 1e-6
+# "paper": GraTa's brightness/contrast/gamma/noise/blur; "invariant": the intensity remaps the source
+# model was trained to be invariant to (GIN, gamma, bias field, blur, noise; see augment.py).
+STRONG_VIEWS = ("paper", "invariant")
 
 
 def probabilities(logits: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
@@ -70,6 +87,22 @@ def soft_pseudo_label(
     return total / len(views)
 
 
+def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Sharpen class probabilities ``p`` (softmax over channels): ``p ** (1 / T)``, renormalized."""
+    if temperature == 1.0:
+        return p
+    q = p.clamp_min(EPS) ** (1.0 / temperature)
+    return q / q.sum(dim=1, keepdim=True)
+
+
+def invariant_augmentation(prob: float = 0.5) -> GPUAugment:
+    """The training-time intensity remaps without labels: GIN, gamma, bias field, blur, noise."""
+    return GPUAugment(
+        location_scale_prob=0.0, gin_prob=prob, gamma_prob=prob, invert_prob=0.0, bias_prob=prob,
+        thick_slice_prob=0.0, blur_prob=prob, noise_prob=prob,
+    )
+
+
 class ConsistencyLoss:
     """Pseudo loss L_pse: cross-entropy of the strongly augmented input against the soft pseudo-label.
 
@@ -79,6 +112,8 @@ class ConsistencyLoss:
         seed: seed of the strong augmentation's random state.
         prob: probability of each strong intensity transform.
         batch_views: predict the weak views in one batch (see ``soft_pseudo_label``).
+        temperature: sharpen the soft pseudo-label (softmax outputs): ``p ** (1 / T)``; 1 keeps it.
+        strong: the strong view, one of ``STRONG_VIEWS``.
     """
 
     def __init__(
@@ -88,22 +123,42 @@ class ConsistencyLoss:
         seed: int | None = 0,
         prob: float = 0.5,
         batch_views: bool = BATCH_VIEWS,
+        temperature: float = 1.0,
+        strong: str = "paper",
     ) -> None:
         unknown = set(weak) - set(WEAK_VIEWS)
         if unknown:
             raise ValueError(f"Unknown weak transforms {sorted(unknown)}; choose from {WEAK_VIEWS}.")
+        if strong not in STRONG_VIEWS:
+            raise ValueError(f"Unknown strong view {strong!r}; choose from {STRONG_VIEWS}.")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
         self.weak, self.sigmoid, self.batch_views = tuple(weak), sigmoid, batch_views
-        self.augment = strong_augmentation(prob)
-        self.augment.set_random_state(seed=seed)
+        self.temperature = temperature
+        self.augment = strong_augmentation(prob) if strong == "paper" else invariant_augmentation(prob)
+        self.set_random_state(np.random.RandomState(seed))
+
+    def set_random_state(self, state: np.random.RandomState) -> None:
+        """Draw the strong augmentation's randomness from ``state``."""
+        if isinstance(self.augment, GPUAugment):
+            self._seed = int(state.randint(2**31))
+            self._generators: dict = {}
+        else:
+            self.augment.set_random_state(state=state)
 
     def strong(self, x: torch.Tensor) -> torch.Tensor:
         """Strongly augment each image of the batch independently."""
-        return augment_each(self.augment, x)
+        if not isinstance(self.augment, GPUAugment):
+            return augment_each(self.augment, x)
+        if x.device not in self._generators:
+            g = torch.Generator(device=x.device).manual_seed(self._seed)
+            self._generators[x.device] = (g, random.Random(self._seed))
+        return self.augment(x, None, *self._generators[x.device]).to(x.dtype)
 
     def __call__(self, network: nn.Module, x: torch.Tensor) -> torch.Tensor:
         target = soft_pseudo_label(network, x, self.weak, self.sigmoid, self.batch_views)
         logits = network(self.strong(x)).float()
         if self.sigmoid:
             return F.binary_cross_entropy_with_logits(logits, target)
+        target = sharpen(target, self.temperature)
         return -(target * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
-

@@ -19,7 +19,13 @@ __all__ = [
     "use_test_statistics",
     "collect_params",
     "settle_batch_norm_statistics",
+    "PARAM_SCOPES",
+    "head_params",
+    "batch_norm_statistics",
+    "load_batch_norm_statistics",
 ]
+
+PARAM_SCOPES = ("norm", "norm+head", "all")
 
 NORM_TYPES = (
     "BatchNorm1d",
@@ -83,13 +89,31 @@ def use_test_statistics(network: nn.Module) -> None:
             module.train()
 
 
-def configure_model(network: nn.Module) -> list[nn.Parameter]:
+def head_params(network: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the network's last block: the last child of its first module with several
+    children (for MONAI's UNet, the final up-sampling block that produces the output)."""
+    module = network
+    while len(children := list(module.children())) == 1:
+        module = children[0]
+    return list(children[-1].parameters()) if children else []
+
+
+def configure_model(network: nn.Module, scope: str = "norm") -> list[nn.Parameter]:
     """Prepare ``network`` (in place) for adaptation and return the adapted parameters.
 
-    All parameters are frozen except the norm layers' affine weight and bias, and the norm layers
-    use test statistics (:func:`use_test_statistics`).
+    All parameters are frozen except those of ``scope`` (one of ``PARAM_SCOPES``): ``"norm"``, the
+    norm layers' affine weight and bias (the paper); ``"norm+head"``, those and the last block
+    (:func:`head_params`); ``"all"``, every parameter. The norm layers use test statistics
+    (:func:`use_test_statistics`).
     """
-    params, _ = collect_params(network)
+    if scope not in PARAM_SCOPES:
+        raise ValueError(f"Unknown parameter scope {scope!r}; choose from {PARAM_SCOPES}.")
+    params, _ = collect_params(network)  # raises when there is no adaptable norm layer
+    if scope == "norm+head":
+        seen = {id(p) for p in params}
+        params += [p for p in head_params(network) if id(p) not in seen]
+    elif scope == "all":
+        params = list(network.parameters())
     for p in network.parameters():
         p.requires_grad_(False)
     for p in params:
@@ -133,3 +157,21 @@ def settle_batch_norm_statistics(network: nn.Module, batches: Iterable[torch.Ten
             m.num_batches_tracked.fill_(n)
         m.eval()
     return n
+
+
+
+def _batch_norms(network: nn.Module) -> list[nn.Module]:
+    return [m for _, m in network.named_modules() if _is_batch_norm(m) and m.running_mean is not None]
+
+
+def batch_norm_statistics(network: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A copy of every BatchNorm layer's running (mean, var)."""
+    return [(m.running_mean.clone(), m.running_var.clone()) for m in _batch_norms(network)]
+
+
+@torch.no_grad()
+def load_batch_norm_statistics(network: nn.Module, statistics: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Set every BatchNorm layer's running (mean, var) from :func:`batch_norm_statistics`."""
+    for m, (mean, var) in zip(_batch_norms(network), statistics, strict=True):
+        m.running_mean.copy_(mean)
+        m.running_var.copy_(var)

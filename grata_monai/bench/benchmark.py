@@ -44,6 +44,7 @@ __all__ = [
     "run_source",
     "run_sweep",
     "run_volumes",
+    "run_reference",
 ]
 
 METHODS = ("source", "norm_stats", "tent", "memo", "grata", "grata_no_align", "grata_fixed_lr")
@@ -420,3 +421,18 @@ def _out(out: str | None) -> Path:
 def _write(out: Path, result: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
+
+
+def run_reference(data_dir: str | None = None, key: str = "ct_train", bundle_dir: str | None = None, out: str | None = None) -> list[float]:
+    """The source training data's intensity histogram (``grata_monai.domain``) after the bundle's
+    preprocessing, for ``norm_stats="auto"``: written to ``out`` (JSON) and printed, to paste into
+    the bundle's ``inference.json`` as ``reference_histogram``."""
+    from grata_monai.domain import reference_histogram
+
+    _, preprocessing, _ = load_bundle(paths.bundle_dir(bundle_dir), torch.device("cpu"))
+    volumes = prepare(paths.data_dir(data_dir), key, preprocessing)
+    reference = reference_histogram([v["image"] for v in volumes])
+    if out:
+        _write(Path(out), {"key": key, "volumes": [v["name"] for v in volumes], "reference_histogram": reference})
+    print(json.dumps(reference))
+    return reference

@@ -7,9 +7,10 @@ from collections.abc import Callable
 
 import fire
 
-from grata_monai.bench.benchmark import run_benchmark, run_source, run_sweep, run_volumes
+from grata_monai.bench.benchmark import run_benchmark, run_reference, run_source, run_sweep, run_volumes
 from grata_monai.bench.cache import build_cache
 from grata_monai.bench.report import write_report
+from grata_monai.bench.study import run_study
 
 __all__ = ["main"]
 
@@ -28,6 +29,8 @@ COMMANDS = {
     "cache": build_cache,
     "benchmark": _quiet(run_benchmark),
     "source": _quiet(run_source),
+    "study": _quiet(run_study),
+    "reference": _quiet(run_reference),
     "sweep": _quiet(run_sweep),
     "volumes": _quiet(run_volumes),
     "report": _quiet(write_report),

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from grata_monai.bundle.augment import GPUAugment
+from grata_monai.augment import GPUAugment
 
 __all__ = ["GPUPatchSampler", "TrainingLog"]
 

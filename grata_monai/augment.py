@@ -1,4 +1,7 @@
-"""Training-time intensity augmentation for cross-modality robustness (CT -> MR), batched on the GPU.
+"""Intensity augmentation for cross-modality robustness (CT -> MR), batched on the device.
+
+Used to train the source model (:mod:`grata_monai.bundle.training`) and, at test time, as a strong
+view the model was trained to be invariant to (:class:`~grata_monai.losses.ConsistencyLoss`).
 
 :class:`GPUAugment` augments a whole batch of crops with a handful of batched kernels, each crop with
 its own random parameters: class-wise **location-scale** intensity (SLAug-style: each label region
@@ -106,9 +109,12 @@ class GPUAugment:
     def _coin(g: torch.Generator, n: int, p: float, device) -> torch.Tensor:
         return torch.rand(n, generator=g, device=device) < p
 
-    @staticmethod
-    def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.where(mask.view(_per_sample(a)), a, b)
+    def _maybe(self, g: torch.Generator, x: torch.Tensor, prob: float, augmented) -> torch.Tensor:
+        """``augmented()`` for each crop with probability ``prob``, else ``x`` (not computed at 0)."""
+        if prob <= 0:
+            return x
+        keep = self._coin(g, x.shape[0], prob, x.device).view(_per_sample(x))
+        return torch.where(keep, augmented(), x)
 
     def _smooth_field(self, g: torch.Generator, shape: tuple, grid: int, device) -> torch.Tensor:
         coarse = torch.randn((shape[0], 1) + (grid,) * (len(shape) - 2), generator=g, device=device)
@@ -171,22 +177,24 @@ class GPUAugment:
             x = F.conv3d(F.pad(x, pad, mode="replicate"), kernel.view(shape))
         return x
 
-    def __call__(self, x: torch.Tensor, labels: torch.Tensor, g: torch.Generator, rng: random.Random) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor | None, g: torch.Generator, rng: random.Random) -> torch.Tensor:
         """Augment the crops ``x`` (labels ``labels``) with device generator ``g`` and host RNG ``rng``."""
         b, dev = x.shape[0], x.device
         x = x.float()
-        x = self._where(self._coin(g, b, self.location_scale_prob, dev), self.location_scale(g, x, labels), x)
-        x = self._where(self._coin(g, b, self.gin_prob, dev), self.gin(g, rng, x), x)
-        lo, hi = math.log(self.gamma_range[0]), math.log(self.gamma_range[1])
-        gamma = torch.exp(self._uniform(g, b, lo, hi, dev)).view(_per_sample(x))
-        x = self._where(self._coin(g, b, self.gamma_prob, dev), x.clamp_min(0) ** gamma, x)
-        x = self._where(self._coin(g, b, self.invert_prob, dev), 1 - x, x)
-        field = torch.exp(self.bias_std * self._smooth_field(g, x.shape, 3, dev))
-        x = self._where(self._coin(g, b, self.bias_prob, dev), x * field, x)
-        if rng.random() < self.thick_slice_prob:
+        x = self._maybe(g, x, self.location_scale_prob, lambda: self.location_scale(g, x, labels))
+        x = self._maybe(g, x, self.gin_prob, lambda: self.gin(g, rng, x))
+        if self.gamma_prob > 0:  # parameters drawn before the coin, as in the run that trained model.pt
+            lo, hi = math.log(self.gamma_range[0]), math.log(self.gamma_range[1])
+            gamma = torch.exp(self._uniform(g, b, lo, hi, dev)).view(_per_sample(x))
+            x = self._maybe(g, x, self.gamma_prob, lambda: x.clamp_min(0) ** gamma)
+        x = self._maybe(g, x, self.invert_prob, lambda: 1 - x)
+        if self.bias_prob > 0:
+            field = torch.exp(self.bias_std * self._smooth_field(g, x.shape, 3, dev))
+            x = self._maybe(g, x, self.bias_prob, lambda: x * field)
+        if self.thick_slice_prob > 0 and rng.random() < self.thick_slice_prob:
             x = self.thick_slices(rng, x)
-        x = self._where(self._coin(g, b, self.blur_prob, dev), self.blur(rng, x), x)
-        std = self._uniform(g, b, 0, self.noise_std, dev).view(_per_sample(x))
-        noisy = x + std * torch.randn(x.shape, generator=g, device=dev)
-        x = self._where(self._coin(g, b, self.noise_prob, dev), noisy, x)
+        x = self._maybe(g, x, self.blur_prob, lambda: self.blur(rng, x))
+        if self.noise_prob > 0:
+            std = self._uniform(g, b, 0, self.noise_std, dev).view(_per_sample(x))
+            x = self._maybe(g, x, self.noise_prob, lambda: x + std * torch.randn(x.shape, generator=g, device=dev))
         return _rescale(x)
