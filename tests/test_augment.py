@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from grata_monai.bundle.augment import GPUAugment
+from grata_monai.augment import GPUAugment
 
 OFF = dict(location_scale_prob=0.0, gin_prob=0.0, gamma_prob=0.0, invert_prob=0.0, bias_prob=0.0,
            thick_slice_prob=0.0, blur_prob=0.0, noise_prob=0.0)
