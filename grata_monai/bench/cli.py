@@ -10,6 +10,7 @@ import fire
 from grata_monai.bench.benchmark import run_benchmark, run_source, run_sweep, run_volumes
 from grata_monai.bench.cache import build_cache
 from grata_monai.bench.report import write_report
+from grata_monai.bundle.wrap import wrap_command
 
 __all__ = ["main"]
 
@@ -31,6 +32,7 @@ COMMANDS = {
     "sweep": _quiet(run_sweep),
     "volumes": _quiet(run_volumes),
     "report": _quiet(write_report),
+    "wrap": wrap_command,
 }
 
 
