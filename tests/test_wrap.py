@@ -163,6 +163,25 @@ def test_overlay_keeps_the_bundles_sliding_window_and_handlers(tmp_path):
     assert wrap(bundle, overwrite=True, steps=3).overlay["inferer"]["steps"] == 3
 
 
+@pytest.mark.parametrize("val_handlers, appended", [
+    (None, "evaluator#val_handlers"),
+    ([{"_target_": "StatsHandler", "iteration_log": False}], "+evaluator#val_handlers"),
+    ("$[h for h in @handlers]", "evaluator#val_handlers"),
+])
+def test_audit_handler_is_appended_however_the_handlers_are_written(tmp_path, val_handlers, appended):
+    config = zoo_config()
+    if val_handlers is None:
+        del config["evaluator"]["val_handlers"]
+    else:
+        config["evaluator"]["val_handlers"] = val_handlers
+    bundle = make_bundle(tmp_path / "zoo", config)
+    result = wrap(bundle)
+    assert appended in result.overlay
+    handlers = merged(bundle, result.path).get_parsed_content("evaluator#val_handlers")
+    assert isinstance(handlers[-1], AuditReportHandler) and len(handlers) == 1 + len(
+        [] if val_handlers is None else val_handlers if isinstance(val_handlers, list) else config["handlers"])
+
+
 def test_overlay_follows_command_line_overrides_of_referenced_settings(tmp_path):
     config = zoo_config(inferer={"_target_": "SlidingWindowInferer", "roi_size": "@roi_size", "sw_batch_size": 1})
     bundle = make_bundle(tmp_path / "zoo", {**config, "roi_size": [24, 24, 8]})

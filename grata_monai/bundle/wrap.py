@@ -180,8 +180,8 @@ def _save_transform(parser: ConfigParser) -> dict | None:
     post = _deref(parser, parser.get("postprocessing"))
     transforms = post.get("transforms", []) if isinstance(post, dict) else post if isinstance(post, list) else []
     for t in (_deref(parser, t) for t in transforms):
-        if isinstance(t, dict) and str(t.get("_target_", "")).split(".")[-1] == "SaveImaged" and \
-                t.get("_disabled_") not in (True, "true", "True"):
+        enabled = isinstance(t, dict) and t.get("_disabled_") not in (True, "true", "True")
+        if enabled and str(t.get("_target_", "")).split(".")[-1] == "SaveImaged":
             return t
     return None
 
@@ -206,12 +206,12 @@ def audit_overlay(parser: ConfigParser) -> tuple[dict, str]:
         target, handlers = handlers[1:], parser.get(handlers[1:])
     if isinstance(handlers, list) and any(_is_audit_handler(_deref(parser, h)) for h in handlers):
         return {}, "the evaluator already has an AuditReportHandler: kept it"
-    get = lambda k: save.get(k, _SAVE_DEFAULTS[k])  # noqa: E731
+    save = {**_SAVE_DEFAULTS, **save}
     handler = {
         "_target_": HANDLER_TARGET,
-        "output_dir": get("output_dir"),
-        "postfix": f"${_fragment(get('output_postfix'))} + '_report'",
-        "separate_folder": get("separate_folder"),
+        "output_dir": save["output_dir"],
+        "postfix": f"${_fragment(save['output_postfix'])} + '_report'",
+        "separate_folder": save["separate_folder"],
         "overwrite": True,  # SaveImaged replaces the segmentation; its report follows
     }
     overlay: dict[str, Any] = {HANDLER_ID: handler}
@@ -220,7 +220,8 @@ def audit_overlay(parser: ConfigParser) -> tuple[dict, str]:
     elif isinstance(handlers, list):
         overlay[f"+{target}"] = [f"@{HANDLER_ID}"]
     else:
-        overlay["evaluator#val_handlers"] = f"$list({_fragment(parser.get('evaluator#val_handlers'))}) + [@{HANDLER_ID}]"
+        original = _fragment(parser.get("evaluator#val_handlers"))
+        overlay["evaluator#val_handlers"] = f"$list({original}) + [@{HANDLER_ID}]"
     return overlay, "an audit report (<input>_<output_postfix>_report.json) is written beside each segmentation"
 
 
