@@ -99,6 +99,9 @@ def test_output_path_is_save_imageds(tmp_path):
     image = MetaTensor(np.zeros((1, 4, 4, 4), np.float32), meta={"filename_or_obj": "/d/s.1.2"})
     SaveImage(output_dir=str(tmp_path), output_postfix="seg", separate_folder=False, print_log=False)(image)
     assert [p.name for p in tmp_path.iterdir()] == [Path(output_path("/d/s.1.2", str(tmp_path), "seg")).name]
+    SaveImage(output_dir=str(tmp_path / "sep"), output_postfix="seg", print_log=False)(image)  # separate_folder
+    written = [p for p in (tmp_path / "sep").rglob("*") if p.is_file()]
+    assert written == [Path(output_path("/d/s.1.2", str(tmp_path / "sep"), "seg", separate_folder=True))]
 
 
 def test_list_volumes_excludes_label_maps_beside_the_images(tmp_path):

@@ -11,6 +11,7 @@ from grata_monai.bench.benchmark import run_benchmark, run_reference, run_source
 from grata_monai.bench.cache import build_cache
 from grata_monai.bench.report import write_report
 from grata_monai.bench.study import run_study
+from grata_monai.bundle.wrap import wrap_command
 
 __all__ = ["main"]
 
@@ -34,6 +35,7 @@ COMMANDS = {
     "sweep": _quiet(run_sweep),
     "volumes": _quiet(run_volumes),
     "report": _quiet(write_report),
+    "wrap": wrap_command,
 }
 
 

@@ -33,10 +33,19 @@ class AuditReportHandler:
         postfix: file name postfix, e.g. ``"seg_report"``.
         overwrite: replace an existing report.
         key: the output key of the prediction (its metadata names the inputs and holds the reports).
+        separate_folder: one folder per input, as ``SaveImaged(separate_folder=True)`` (its default).
     """
 
-    def __init__(self, output_dir: str, postfix: str = "report", overwrite: bool = False, key: str = "pred") -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        postfix: str = "report",
+        overwrite: bool = False,
+        key: str = "pred",
+        separate_folder: bool = False,
+    ) -> None:
         self.output_dir, self.postfix, self.overwrite, self.key = output_dir, postfix, overwrite, key
+        self.separate_folder = separate_folder
 
     def attach(self, engine: Any) -> None:
         engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self)
@@ -49,7 +58,7 @@ class AuditReportHandler:
         paths = []
         for i, report in enumerate(reports):
             source = sources[i] if i < len(sources) else f"volume_{i}"
-            path = Path(output_path(source, self.output_dir, self.postfix, ".json"))
+            path = Path(output_path(source, self.output_dir, self.postfix, ".json", self.separate_folder))
             if path.exists() and not self.overwrite:
                 raise FileExistsError(f"audit report '{path}' already exists; pass --overwrite true to replace it.")
             os.makedirs(path.parent, exist_ok=True)

@@ -104,10 +104,12 @@ def list_volumes(
     return [{key: p} for p in items]
 
 
-def output_path(input_path: str, output_dir: str, postfix: str, ext: str = ".nii.gz") -> str:
-    """The file ``SaveImaged(separate_folder=False, output_postfix=postfix)`` writes for an input
-    (MONAI's ``FolderLayout``; a series folder is named by its last path component)."""
-    layout = FolderLayout(output_dir, postfix=postfix, extension=ext, parent=False, makedirs=False)
+def output_path(
+    input_path: str, output_dir: str, postfix: str, ext: str = ".nii.gz", separate_folder: bool = False
+) -> str:
+    """The file ``SaveImaged(output_postfix=postfix, separate_folder=separate_folder)`` writes for an
+    input (MONAI's ``FolderLayout``; a series folder is named by its last path component)."""
+    layout = FolderLayout(output_dir, postfix=postfix, extension=ext, parent=separate_folder, makedirs=False)
     return str(layout.filename(subject=str(input_path).rstrip("/\\")))
 
 
