@@ -9,6 +9,7 @@ import fire
 
 from grata_monai.bench.benchmark import run_benchmark, run_source, run_sweep, run_volumes
 from grata_monai.bench.cache import build_cache
+from grata_monai.bench.dice import print_dice
 from grata_monai.bench.report import write_report
 
 __all__ = ["main"]
@@ -31,6 +32,7 @@ COMMANDS = {
     "sweep": _quiet(run_sweep),
     "volumes": _quiet(run_volumes),
     "report": _quiet(write_report),
+    "dice": print_dice,
 }
 
 

@@ -13,12 +13,13 @@ change of ``Orientationd``'s default labels).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
 from types import TracebackType
 
-__all__ = ["RunStopped", "NotFound", "OutputsExist", "BadSetting", "InputsSkipped", "stop_reason", "setup"]
+__all__ = ["RunStopped", "NotFound", "OutputsExist", "BadSetting", "InputsSkipped", "stop_reason", "quiet", "setup"]
 
 # (message regex, category) of warnings every CPU run prints and nobody can act on.
 KNOWN_WARNINGS = (
@@ -72,8 +73,14 @@ def _excepthook(kind: type[BaseException], error: BaseException, tb: TracebackTy
     print(f"{reason.prefix}{reason}", file=sys.stderr, flush=True)
 
 
+def quiet() -> None:
+    """Silence the known harmless warnings (``KNOWN_WARNINGS`` and MONAI's nvImageCodec log note)."""
+    for message, category in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+
+
 def setup() -> None:
     """Install the plain stop-error hook and silence the known harmless warnings (for ``initialize``)."""
     sys.excepthook = _excepthook
-    for message, category in KNOWN_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)
+    quiet()
