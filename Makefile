@@ -3,7 +3,8 @@
 #   make test   the test suite, in the same environment
 #
 # torch: the CPU build from PyTorch's CPU index on a machine without nvidia-smi, the default (CUDA)
-# build where nvidia-smi is found. Override, e.g.:
+# build where nvidia-smi is found. From the CPU index torch alone is taken (--no-deps); its
+# dependencies come from your usual index with the package. Override, e.g.:
 #   make run TORCH_SPEC=torch==2.13.0 TORCH_INDEX_OPT="--index-url https://download.pytorch.org/whl/cu128"
 #   make run EXTRAS=test,itk          (ITK readers; optional: MONAI reads NIfTI with nibabel, DICOM with pydicom)
 
@@ -11,7 +12,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 ifeq ($(shell command -v nvidia-smi 2>/dev/null),)
-TORCH_INDEX_OPT ?= --index-url https://download.pytorch.org/whl/cpu
+TORCH_INDEX_OPT ?= --no-deps --index-url https://download.pytorch.org/whl/cpu
 else
 TORCH_INDEX_OPT ?=
 endif
