@@ -87,4 +87,5 @@ def test_dicom_series_with_a_missing_slice_is_skipped(tmp_path):
         shutil.copy(f, gap / f.name)
     intake = Intake([{"image": str(series)}, {"image": str(gap)}])
     assert [i["image"] for i in intake.items] == [str(series)]
-    assert intake.failed[0][0] == str(gap) and "missing slices" in intake.failed[0][1]
+    assert intake.failed[0][0] == str(gap) and intake.failed[0][1].startswith("not one complete DICOM series")
+    assert "missing slices" in intake.failed[0][1] and str(gap) not in intake.failed[0][1]

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from monai.transforms import LoadImage
 
 from grata_monai.bundle.console import InputsSkipped
-from grata_monai.bundle.dicom import check_item
+from grata_monai.bundle.dicom import DicomSeriesError, check_item
 from grata_monai.bundle.io import output_path
 
 __all__ = ["Intake", "unusable_shape"]
@@ -40,9 +40,11 @@ def unusable_shape(shape: Sequence[int]) -> str | None:
     return None
 
 
-def _one_line(error: Exception) -> str:
-    text = " ".join(str(error).split())
-    return f"unreadable ({type(error).__name__}: {text[:200]})" if text else f"unreadable ({type(error).__name__})"
+def _one_line(error: Exception, path: str) -> str:
+    text = " ".join(str(error).split()).replace(f"'{path}': ", "")
+    if isinstance(error, DicomSeriesError):
+        return f"not one complete DICOM series: {text[:300]}"
+    return f"unreadable ({type(error).__name__}: {text[:300]})" if text else f"unreadable ({type(error).__name__})"
 
 
 class Intake:
@@ -77,7 +79,7 @@ class Intake:
                 check_item(item, key)
                 reason = unusable_shape(load(item[key]).shape)
             except Exception as error:  # any reader error makes the input unusable
-                reason = _one_line(error)
+                reason = _one_line(error, str(item[key]))
             if reason:
                 self._skip(str(item[key]), reason)
             else:
