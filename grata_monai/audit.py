@@ -35,6 +35,7 @@ class VolumeReport:
     adapt_seconds: float = 0.0
     total_seconds: float = 0.0
     device: str = ""
+    autocast: str = "off"  # the autocast actually used: "bfloat16" (CUDA with amp) or "off"
     source_sha256: str = ""
 
     def to_dict(self) -> dict:

@@ -270,8 +270,11 @@ class AdaptiveInferer(Inferer):
     def infer_volume(self, batch: torch.Tensor, source: nn.Module, device: torch.device) -> tuple[torch.Tensor, VolumeReport]:
         """Adapt to the single volume of ``batch`` (1, C, *spatial); return its logits and report."""
         volume = convert_to_tensor(batch[0], track_meta=False)  # MetaTensor ops are slow in the hot loop
-        report = VolumeReport(self.method, self.settings(), device=str(device), source_sha256=checksum(source))
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp and device.type == "cuda")
+        amp = self.amp and device.type == "cuda"  # bfloat16 autocast on CUDA only
+        settings = {**self.settings(), "amp": amp}  # what was used, not what was asked
+        report = VolumeReport(self.method, settings, device=str(device), autocast="bfloat16" if amp else "off",
+                              source_sha256=checksum(source))
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
         start = time.perf_counter()
         episode = self.episode_for(source, device)  # copied under the host's no_grad: leaf parameters
         with torch.enable_grad(), autocast:

@@ -2,9 +2,9 @@
 
 The end-to-end tests run ``python -m monai.bundle run`` in a subprocess, with ``--bundle_root``
 (the model-zoo convention: ``bundle_root`` is ``"."`` otherwise), from a temporary working directory
-and from the repository root, on one real MR volume copied from the shared data folder (never
-from the repository), with fewer adaptation steps than the shipped config so the CPU time stays
-modest.
+and from the repository root: on the bundle's embedded sample (one CHAOS MR volume, the default
+input), on a mixed folder built from it, and on real MR volumes from the shared data folder, some
+with fewer adaptation steps than the shipped config so the CPU time stays modest.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from monai.bundle import ConfigParser
 
 from grata_monai import defaults
 from tests.conftest import BUNDLE_DIR as BUNDLE
-from tests.conftest import ROOT, abdomen_dir
+from tests.conftest import DATA_DIR, ROOT, abdomen_dir
 
 CONFIGS = BUNDLE / "configs"
+SAMPLE = BUNDLE / "sample"
 META = CONFIGS / "metadata.json"
 INFERENCE = CONFIGS / "inference.json"
 EVALUATE = CONFIGS / "evaluate.json"
@@ -230,7 +231,7 @@ def test_inference_end_to_end_on_real_mr(tmp_path, where):
     assert report["method"] == "grata" and len(report["steps"]) == 2 and report["input"].endswith(src.name)
     # a second run must not overwrite silently
     r = _bundle_run([INFERENCE], cwd, "--dataset_dir", str(data), "--output_dir", str(out), *QUICK)
-    assert r.returncode != 0 and "--overwrite true" in r.stderr
+    assert r.returncode != 0 and "--overwrite true" in r.stderr.splitlines()[-1]
 
 
 def test_inference_without_bundle_root_says_to_pass_it(tmp_path):
@@ -279,17 +280,87 @@ def test_evaluate_config_carries_the_label_through_every_spatial_transform():
         part.isdigit() for part in k.split("#"))]
 
 
-@pytest.mark.realdata
-def test_inference_skips_a_corrupt_file_and_names_it(tmp_path):
-    src = abdomen_dir() / MR_VOLUME
+def test_default_run_segments_the_embedded_sample(tmp_path):
+    """No --dataset_dir: the bundle segments its sample (bundle/sample) on the CPU, all four organs."""
+    out = tmp_path / "out"
+    r = _bundle_run([INFERENCE], tmp_path, "--output_dir", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    seg = nib.load(str(out / "mr_01_image_seg.nii.gz"))
+    image = nib.load(str(SAMPLE / "mr_01_image.nii.gz"))
+    assert seg.shape == image.shape
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) == {0, 1, 2, 3, 4}
+    lines = r.stdout.splitlines()
+    assert "[1/1] mr_01_image.nii.gz" in r.stdout
+    assert lines[-2:] == ["done: 1 of 1 input(s) segmented, 0 skipped",
+                          f"outputs in {out} (<name>_seg.nii.gz, <name>_seg_report.json)"]
+    assert "Traceback" not in r.stderr and "WARNING" not in r.stdout  # quiet: progress and summary
+
+
+def test_sample_is_chaos_mr_with_its_licence():
+    names = sorted(p.name for p in SAMPLE.iterdir())
+    assert names == ["LICENSE", "README.md", "mr_01_image.nii.gz", "mr_01_label.nii.gz"]
+    assert "CC BY-SA 4.0" in (SAMPLE / "LICENSE").read_text()
+    assert "Kavur" in (SAMPLE / "README.md").read_text()
+    config = json.loads(INFERENCE.read_text())
+    assert config["dataset_dir"] == "$@bundle_root + '/sample'" and "*_label.nii*" in config["exclude"]
+
+
+def _gap_series(tmp: Path) -> Path | None:
+    series = DATA_DIR / "dicom-samples" / "totalseg_ct_jpeg2000"
+    if not series.is_dir():
+        return None
+    gap = tmp / "series_with_gap"
+    gap.mkdir()
+    files = sorted(series.iterdir())
+    for f in files[:5] + files[6:]:
+        shutil.copy(f, gap / f.name)
+    return gap
+
+
+def test_mixed_folder_writes_the_good_volume_and_names_each_bad_one(tmp_path):
+    """Good MR + 2D NIfTI + corrupt file + text file (+ a DICOM series with a gap when the shared
+    data is there): the good volume is written, the run ends with the summary naming each bad input,
+    and the exit status is 1."""
+    src = SAMPLE / "mr_01_image.nii.gz"
     data, out = tmp_path / "in", tmp_path / "out"
     data.mkdir()
     shutil.copy(src, data / src.name)
+    image = nib.load(str(src))
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, 10].copy(), image.affine), str(data / "slice.nii.gz"))
     (data / "broken.nii.gz").write_bytes(src.read_bytes()[:5000])  # truncated
+    (data / "notes.txt").write_text("not an image")
+    gap = _gap_series(data)
     r = _bundle_run([INFERENCE], tmp_path, "--dataset_dir", str(data), "--output_dir", str(out), *QUICK)
-    assert r.returncode != 0 and "broken.nii.gz" in r.stderr and "1 processed" in r.stderr
+    assert r.returncode == 1, r.stderr[-3000:]
+    bad = {"broken.nii.gz": "unreadable (", "notes.txt": "not a NIfTI file", "slice.nii.gz": "a 2D image (256x256)"}
+    if gap is not None:
+        bad["series_with_gap"] = "not one complete DICOM series: series"
+    last = r.stderr.splitlines()[-(len(bad) + 2):]
+    assert last[0] == f"done: 1 of {len(bad) + 1} input(s) segmented, {len(bad)} skipped:"
+    for line, (name, reason) in zip(last[1:-1], sorted(bad.items())):
+        assert line.startswith(f"  skipped {data / name}: {reason}"), line
+    assert last[-1].startswith(f"outputs in {out}")
+    assert "Traceback" not in r.stderr
     written = sorted(p.name for p in out.iterdir())
-    assert written == [src.name.replace(".nii.gz", "_seg.nii.gz"), src.name.replace(".nii.gz", "_seg_report.json")]
+    assert written == ["mr_01_image_seg.nii.gz", "mr_01_image_seg_report.json"]
+
+
+@pytest.mark.parametrize("case", ["no input", "outputs exist", "bad setting"])
+def test_stop_errors_end_with_one_plain_sentence(tmp_path, case):
+    data, out = tmp_path / "in", tmp_path / "out"
+    data.mkdir(), out.mkdir()
+    args = ["--dataset_dir", str(data), "--output_dir", str(out)]
+    if case != "no input":
+        shutil.copy(SAMPLE / "mr_01_image.nii.gz", data)
+    if case == "outputs exist":
+        (out / "mr_01_image_seg.nii.gz").write_bytes(b"")
+    if case == "bad setting":
+        args += ["--overwrite", "maybe"]
+    r = _bundle_run([INFERENCE], tmp_path, *args)
+    expected = {"no input": "error: no input volume found in", "outputs exist": "error: 1 output(s) already exist",
+                "bad setting": "error: --overwrite expects a boolean (true or false), got 'maybe'."}[case]
+    assert r.returncode == 1 and r.stderr.splitlines()[-1].startswith(expected), r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
 
 
 @settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -1,4 +1,5 @@
-"""Unreadable inputs are skipped, named, and cost no other volume."""
+"""Unusable inputs (unreadable, 2D, several channels, broken series) are skipped, named, and cost
+no other volume; the summary counts and names them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import nibabel as nib
 import pytest
 
-from grata_monai.bundle.intake import Intake
+from grata_monai.bundle.console import InputsSkipped
+from grata_monai.bundle.intake import Intake, unusable_shape
 from tests.conftest import DATA_DIR
 
 
@@ -28,22 +30,49 @@ def test_corrupt_and_truncated_files_are_skipped_and_named(tmp_path):
     intake = Intake([{"image": good}, {"image": str(corrupt)}, {"image": str(truncated)}])
     assert [i["image"] for i in intake.items] == [good]
     assert [p for p, _ in intake.failed] == [str(corrupt), str(truncated)]
-    with pytest.raises(RuntimeError, match="2 input volume") as error:
-        intake.finish()
-    assert "corrupt.nii.gz" in str(error.value) and "truncated.nii.gz" in str(error.value)
+    with pytest.raises(InputsSkipped, match="0 of 3 input") as error:
+        intake.finish(str(tmp_path / "out"))
+    lines = str(error.value).splitlines()
+    assert lines[0] == "done: 0 of 3 input(s) segmented, 2 skipped:"
+    assert lines[1].startswith(f"  skipped {corrupt}: unreadable (")
+    assert lines[2].startswith(f"  skipped {truncated}: unreadable (")
+    assert lines[3].startswith(f"outputs in {tmp_path / 'out'}")
 
 
-def test_all_good_finishes_quietly(tmp_path):
+def test_2d_and_multichannel_images_are_skipped_with_the_reason(tmp_path):
+    good = _nifti(tmp_path / "good.nii.gz", (16, 16, 8))
+    flat = _nifti(tmp_path / "flat.nii.gz", (16, 16))
+    slab = _nifti(tmp_path / "slab.nii.gz", (16, 16, 1))
+    rgb = _nifti(tmp_path / "rgb.nii.gz", (16, 16, 8, 3))
+    intake = Intake([{"image": p} for p in (good, flat, slab, rgb)], skipped=[("notes.txt", "not a NIfTI file")])
+    assert [i["image"] for i in intake.items] == [good]
+    reasons = dict(intake.failed)
+    assert reasons[flat].startswith("a 2D image (16x16)") and reasons[slab].startswith("a 2D image (16x16x1)")
+    assert reasons[rgb].startswith("3 channels") and reasons["notes.txt"] == "not a NIfTI file"
+
+
+@pytest.mark.parametrize("shape,ok", [((1, 8, 8, 4), True), ((1, 8, 8), False), ((2, 8, 8, 4), False),
+                                      ((1, 8, 8, 1), False), ((1, 8, 8, 4, 2), False)])
+def test_unusable_shape(shape, ok):
+    assert (unusable_shape(shape) is None) == ok
+
+
+def test_all_good_finishes_with_the_summary(tmp_path, capsys):
     intake = Intake([{"image": _nifti(tmp_path / "a.nii")}])
     assert len(intake.items) == 1
-    intake.finish()
+    (tmp_path / "a_seg.nii.gz").write_bytes(b"")
+    intake.finish(str(tmp_path))
+    assert capsys.readouterr().out.splitlines() == [
+        "done: 1 of 1 input(s) segmented, 0 skipped",
+        f"outputs in {tmp_path} (<name>_seg.nii.gz, <name>_seg_report.json)",
+    ]
 
 
 def test_nothing_readable_is_an_error(tmp_path):
     bad = tmp_path / "x.nii.gz"
     with gzip.open(bad, "wb") as f:
         f.write(b"junk")
-    with pytest.raises(RuntimeError, match="none of the 1 input"):
+    with pytest.raises(RuntimeError, match="none of the 1 input"):  # InputsSkipped is a RuntimeError
         Intake([{"image": str(bad)}])
 
 
@@ -58,4 +87,5 @@ def test_dicom_series_with_a_missing_slice_is_skipped(tmp_path):
         shutil.copy(f, gap / f.name)
     intake = Intake([{"image": str(series)}, {"image": str(gap)}])
     assert [i["image"] for i in intake.items] == [str(series)]
-    assert intake.failed[0][0] == str(gap) and "missing slices" in intake.failed[0][1]
+    assert intake.failed[0][0] == str(gap) and intake.failed[0][1].startswith("not one complete DICOM series")
+    assert "missing slices" in intake.failed[0][1] and str(gap) not in intake.failed[0][1]

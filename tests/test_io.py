@@ -8,7 +8,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from grata_monai.bundle.io import as_bool, body_mask, bundle_file, check_no_overwrite, list_volumes, output_path
+from grata_monai.bundle.console import RunStopped
+from grata_monai.bundle.io import (
+    as_bool,
+    body_mask,
+    bundle_file,
+    check_no_overwrite,
+    list_ignored,
+    list_volumes,
+    output_path,
+)
 from tests.conftest import DATA_DIR
 
 
@@ -41,6 +50,24 @@ def test_list_volumes_nifti_and_dicom(tmp_path):
     assert [Path(d["image"]).name for d in items] == ["a.nii", "b.nii.gz", "series1"]
 
 
+def test_list_ignored_names_what_is_not_a_volume(tmp_path):
+    _nifti(tmp_path / "a.nii")
+    _nifti(tmp_path / "a_label.nii")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "README.md").write_text("x")
+    (tmp_path / ".hidden").write_text("x")
+    (tmp_path / "empty").mkdir()
+    _dicom_series(tmp_path / "series1")
+    _dicom_series(tmp_path / "loose")
+    (tmp_path / "loose" / "IM0").rename(tmp_path / "IM0")
+    ignored = dict(list_ignored(tmp_path, exclude=["*_label.nii*"]))
+    assert sorted(Path(p).name for p in ignored) == ["IM0", "empty", "notes.txt"]
+    assert "not a NIfTI file" in ignored[str(tmp_path / "notes.txt")]
+    assert "DICOM file outside a series folder" in ignored[str(tmp_path / "IM0")]
+    assert "folder without DICOM files" in ignored[str(tmp_path / "empty")]
+    assert list_ignored(tmp_path / "series1") == []  # the folder is the series
+
+
 def test_list_volumes_folder_is_one_dicom_series(tmp_path):
     _dicom_series(tmp_path / "s")
     assert list_volumes(tmp_path / "s") == [{"image": str(tmp_path / "s")}]
@@ -54,8 +81,9 @@ def test_list_volumes_real_dicom_without_extension():
 
 
 def test_list_volumes_errors_say_what_was_looked_for(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"\*\.nii\.gz.*DICOM"):
+    with pytest.raises(FileNotFoundError, match=r"\*\.nii\.gz.*DICOM") as error:
         list_volumes(tmp_path)
+    assert isinstance(error.value, RunStopped)  # a bundle run ends with the message alone
     with pytest.raises(FileNotFoundError, match="not a folder"):
         list_volumes(tmp_path / "missing")
 
@@ -66,8 +94,9 @@ def test_output_path_and_no_overwrite(tmp_path):
     assert output_path(items[1]["image"], str(tmp_path), "seg") == str(tmp_path / "series7_seg.nii.gz")
     assert check_no_overwrite(items, str(tmp_path), "seg") is items
     (tmp_path / "series7_seg.nii.gz").write_bytes(b"")
-    with pytest.raises(FileExistsError, match="--overwrite true"):
+    with pytest.raises(FileExistsError, match="--overwrite true") as error:
         check_no_overwrite(items, str(tmp_path), "seg")
+    assert isinstance(error.value, RunStopped)
     with pytest.raises(FileExistsError):
         check_no_overwrite(items, str(tmp_path), "seg", overwrite="false")
     assert check_no_overwrite(items, str(tmp_path), "seg", overwrite="true") is items
@@ -79,8 +108,9 @@ def test_as_bool(value, expected):
 
 
 def test_as_bool_rejects_other_strings():
-    with pytest.raises(ValueError, match="boolean"):
-        as_bool("maybe")
+    with pytest.raises(ValueError, match="--overwrite expects a boolean") as error:
+        as_bool("maybe", "overwrite")
+    assert isinstance(error.value, RunStopped)
 
 
 def test_bundle_file_says_to_pass_bundle_root(tmp_path):

@@ -9,6 +9,7 @@ import fire
 
 from grata_monai.bench.benchmark import run_benchmark, run_reference, run_source, run_sweep, run_volumes
 from grata_monai.bench.cache import build_cache
+from grata_monai.bench.dice import print_dice
 from grata_monai.bench.report import write_report
 from grata_monai.bench.study import run_study
 from grata_monai.bundle.wrap import wrap_command
@@ -36,6 +37,7 @@ COMMANDS = {
     "volumes": _quiet(run_volumes),
     "report": _quiet(write_report),
     "wrap": wrap_command,
+    "dice": print_dice,
 }
 
 

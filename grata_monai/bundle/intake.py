@@ -1,61 +1,116 @@
-"""Checking a bundle run's inputs before the run: unreadable volumes are skipped and reported.
+"""Checking a bundle run's inputs before the run, and its closing summary.
 
-MONAI's evaluator stops at the first volume that fails to load, so one corrupt file would cost
-every other volume of the run. :class:`Intake` reads each volume once up front (DICOM folders are
-also checked to be one complete series), keeps the readable ones for the run and, after the run,
-:meth:`Intake.finish` fails with one message naming every skipped input and why. Nothing is
-written to the output folder for a skipped input.
+MONAI's evaluator stops at the first volume that fails, so one bad file would cost every other
+volume of the run. :class:`Intake` reads each volume once up front and keeps those the network can
+take: one channel, three spatial dimensions of at least two voxels, and, for DICOM folders, one
+complete series. Each other input is skipped and named in one line with its reason; nothing is
+written for it. After the run, :meth:`Intake.finish` prints the summary (volumes written, inputs
+skipped and why, where the outputs are); when anything was skipped it raises the summary as
+:class:`~grata_monai.bundle.console.InputsSkipped`, which a bundle run prints as its last lines
+with exit status 1.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 
 from monai.transforms import LoadImage
 
-from grata_monai.bundle.dicom import check_item
+from grata_monai.bundle.console import InputsSkipped
+from grata_monai.bundle.dicom import DicomSeriesError, check_item
+from grata_monai.bundle.io import output_path
 
-__all__ = ["Intake"]
+__all__ = ["Intake", "unusable_shape"]
 
 logger = logging.getLogger(__name__)
 
 
+def unusable_shape(shape: Sequence[int]) -> str | None:
+    """Why an image of channel-first ``shape`` cannot be segmented, or None when it can."""
+    channels, spatial = shape[0], tuple(shape[1:])
+    size = "x".join(str(s) for s in spatial)
+    if len(spatial) < 3 or min(spatial) < 2:
+        return f"a 2D image ({size}); the model segments 3D volumes"
+    if len(spatial) > 3:
+        return f"{len(spatial)} spatial dimensions ({size}); the model segments 3D volumes"
+    if channels != 1:
+        return f"{channels} channels (a 4D image); the model takes one 3D volume of one channel"
+    return None
+
+
+def _one_line(error: Exception, path: str) -> str:
+    text = " ".join(str(error).split()).replace(f"'{path}': ", "")
+    if isinstance(error, DicomSeriesError):
+        return f"not one complete DICOM series: {text[:300]}"
+    return f"unreadable ({type(error).__name__}: {text[:300]})" if text else f"unreadable ({type(error).__name__})"
+
+
 class Intake:
-    """The readable volumes of ``items`` (datalist dicts) and the inputs that failed.
+    """The usable volumes of ``items`` (datalist dicts), and the inputs skipped with their reasons.
 
     Args:
         items: datalist items, e.g. from ``grata_monai.bundle.io.list_volumes``.
         key: the image key.
         reader: the reader ``LoadImage`` should use (None: MONAI picks ITK, nibabel or pydicom).
+        skipped: inputs already known to be unusable, as ``(path, reason)``, e.g. from
+            ``grata_monai.bundle.io.list_ignored``.
 
     Raises:
-        RuntimeError: when no volume at all can be read.
+        InputsSkipped: (a ``RuntimeError``) when no volume at all can be used.
     """
 
-    def __init__(self, items: Sequence[Mapping], key: str = "image", reader: str | None = None) -> None:
-        load = LoadImage(reader=reader, image_only=True)
+    def __init__(
+        self,
+        items: Sequence[Mapping],
+        key: str = "image",
+        reader: str | None = None,
+        skipped: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        self.key = key
         self.items: list[Mapping] = []
         self.failed: list[tuple[str, str]] = []
+        for path, reason in skipped:
+            self._skip(str(path), reason)
+        load = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)
         for item in items:
             try:
                 check_item(item, key)
-                load(item[key])
+                reason = unusable_shape(load(item[key]).shape)
             except Exception as error:  # any reader error makes the input unusable
-                self.failed.append((str(item[key]), f"{type(error).__name__}: {error}".strip()))
-                logger.error("cannot read '%s' (skipped, nothing written for it): %s", *self.failed[-1])
+                reason = _one_line(error, str(item[key]))
+            if reason:
+                self._skip(str(item[key]), reason)
             else:
                 self.items.append(item)
         if not self.items:
-            raise RuntimeError(f"none of the {len(self.failed)} input volume(s) could be read:\n{self._listing()}")
+            raise InputsSkipped(f"nothing to segment: none of the {len(self.failed)} input(s) can be used:\n{self._listing()}")
+        logger.info("%d volume(s) to segment", len(self.items))
+
+    def _skip(self, path: str, reason: str) -> None:
+        self.failed.append((path, reason))
+        logger.warning("skipped %s: %s", path, reason)
 
     def _listing(self) -> str:
-        return "\n".join(f"  {path}: {reason[:500]}" for path, reason in self.failed)
+        return "\n".join(f"  skipped {path}: {reason}" for path, reason in sorted(self.failed))
 
-    def finish(self) -> None:
-        """Raise after the run when inputs were skipped, naming each one and why."""
+    def summary(self, output_dir: str, postfix: str = "seg") -> str:
+        """The run's closing lines: volumes written, inputs skipped with their reasons, the outputs."""
+        written = [i for i in self.items if os.path.exists(output_path(i[self.key], output_dir, postfix))]
+        lines = [f"done: {len(written)} of {len(self.items) + len(self.failed)} input(s) segmented, "
+                 f"{len(self.failed)} skipped" + (":" if self.failed else "")]
         if self.failed:
-            raise RuntimeError(
-                f"{len(self.failed)} input volume(s) could not be read and were skipped "
-                f"({len(self.items)} processed):\n{self._listing()}"
-            )
+            lines.append(self._listing())
+        lines.append(f"outputs in {os.path.abspath(output_dir)} (<name>_{postfix}.nii.gz, <name>_{postfix}_report.json)")
+        return "\n".join(lines)
+
+    def finish(self, output_dir: str, postfix: str = "seg") -> None:
+        """Print the summary, or raise it when inputs were skipped so that the exit status says so.
+
+        Raises:
+            InputsSkipped: some inputs were skipped; the message is the summary.
+        """
+        if self.failed:
+            raise InputsSkipped(self.summary(output_dir, postfix))
+        print(self.summary(output_dir, postfix), flush=True)

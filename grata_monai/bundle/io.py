@@ -1,7 +1,7 @@
 """Input discovery and output paths for the bundle configs.
 
 `list_volumes` turns a folder into MONAI datalist items (NIfTI files and DICOM series
-folders); `output_path` is the file MONAI's ``SaveImaged`` writes for an input (its
+folders) and `list_ignored` names what else is in it; `output_path` is the file MONAI's ``SaveImaged`` writes for an input (its
 ``FolderLayout``); `check_no_overwrite` enforces the bundle's output policy; `body_mask` is the
 body for ``CropForegroundd``.
 """
@@ -17,16 +17,33 @@ import torch
 from monai.data import FolderLayout
 from pydicom.misc import is_dicom
 
-__all__ = ["NIFTI_SUFFIXES", "as_bool", "bundle_file", "list_volumes", "output_path", "check_no_overwrite", "body_mask"]
+from grata_monai.bundle.console import BadSetting, NotFound, OutputsExist
+
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "NOT_INPUTS",
+    "as_bool",
+    "bundle_file",
+    "list_volumes",
+    "list_ignored",
+    "output_path",
+    "check_no_overwrite",
+    "body_mask",
+]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NOT_INPUTS = ("README*", "LICENSE*")  # documentation that travels with data sets: never an input
 
 
-def as_bool(value: bool | int | str) -> bool:
+def as_bool(value: bool | int | str, name: str = "flag") -> bool:
     """Read a command-line switch: ``monai.bundle run --flag false`` passes the string 'false'.
 
+    Args:
+        value: the setting.
+        name: its config id, for the error message.
+
     Raises:
-        ValueError: the value is not a recognisable boolean.
+        BadSetting: (a ``ValueError``) the value is not a recognisable boolean.
     """
     if isinstance(value, str):
         v = value.strip().lower()
@@ -34,7 +51,7 @@ def as_bool(value: bool | int | str) -> bool:
             return True
         if v in ("false", "0", "no", "n", "off", ""):
             return False
-        raise ValueError(f"expected a boolean (true/false), got '{value}'.")
+        raise BadSetting(f"--{name} expects a boolean (true or false), got '{value}'.")
     return bool(value)
 
 
@@ -43,11 +60,12 @@ def bundle_file(bundle_root: str | os.PathLike, relative: str) -> str:
     directory (``"."``, the model-zoo convention) unless ``--bundle_root`` says otherwise.
 
     Raises:
-        FileNotFoundError: the file is not there; the message says to pass ``--bundle_root``.
+        NotFound: (a ``FileNotFoundError``) the file is not there; the message says to pass
+            ``--bundle_root``.
     """
     path = Path(bundle_root) / relative
     if not path.is_file():
-        raise FileNotFoundError(
+        raise NotFound(
             f"'{path}' not found (bundle_root is '{Path(bundle_root).resolve()}'): run from the bundle folder "
             "or pass --bundle_root <bundle folder>, e.g. --bundle_root bundle from the repository root."
         )
@@ -81,12 +99,12 @@ def list_volumes(
             images (``*_label.nii.gz``) or earlier outputs (``*_seg.nii.gz``).
 
     Raises:
-        FileNotFoundError: the folder does not exist or holds no volume; the message says
-            what was looked for.
+        NotFound: (a ``FileNotFoundError``) the folder does not exist or holds no volume; the
+            message says what was looked for.
     """
     root = Path(dataset_dir).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise NotFound(
             f"dataset_dir '{root}' is not a folder: pass --dataset_dir <folder of NIfTI files "
             "(*.nii, *.nii.gz) or DICOM series folders>."
         )
@@ -96,12 +114,40 @@ def list_volumes(
     if not items and _is_dicom_series(root):
         items = [str(root)]
     if not items:
-        raise FileNotFoundError(
+        raise NotFound(
             f"no input volume found in '{root}': looked for NIfTI files (*.nii, *.nii.gz) in it, "
             "DICOM series in its sub-folders (files with 'DICM' at byte 128), or DICOM files in "
             "the folder itself."
         )
     return [{key: p} for p in items]
+
+
+def list_ignored(dataset_dir: str | os.PathLike, exclude: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """What in ``dataset_dir`` is not a volume, as ``(path, reason)``: the inputs a run skips.
+
+    Not listed: the volumes `list_volumes` finds, names matching ``exclude`` or `NOT_INPUTS`,
+    hidden files, and anything inside a folder that is itself one DICOM series.
+
+    Args:
+        dataset_dir: the folder `list_volumes` scans.
+        exclude: the same patterns as for `list_volumes`.
+    """
+    root = Path(dataset_dir).expanduser()
+    if not root.is_dir():
+        return []
+    if _is_dicom_series(root) and not any(_is_nifti(p) or _is_dicom_series(p) for p in root.iterdir()):
+        return []  # the folder is the series
+    patterns = (*exclude, *NOT_INPUTS)
+    ignored = []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith(".") or any(fnmatch.fnmatch(p.name, x) for x in patterns):
+            continue
+        if p.is_dir() and not _is_dicom_series(p):
+            ignored.append((str(p), "a folder without DICOM files (a series folder holds one DICOM file per slice)"))
+        elif p.is_file() and not _is_nifti(p):
+            what = "a DICOM file outside a series folder" if is_dicom(p) else "not a NIfTI file (*.nii, *.nii.gz)"
+            ignored.append((str(p), f"{what}; put DICOM series in sub-folders, or pass --exclude to leave it out"))
+    return ignored
 
 
 def output_path(
@@ -135,12 +181,12 @@ def check_no_overwrite(
         ``items`` unchanged, so the call can sit in a config expression.
 
     Raises:
-        FileExistsError: an output exists and ``overwrite`` is false.
+        OutputsExist: (a ``FileExistsError``) an output exists and ``overwrite`` is false.
     """
-    if not as_bool(overwrite):
+    if not as_bool(overwrite, "overwrite"):
         existing = [p for p in (output_path(d[key], output_dir, postfix, ext) for d in items) if os.path.exists(p)]
         if existing:
-            raise FileExistsError(
+            raise OutputsExist(
                 f"{len(existing)} output(s) already exist, e.g. '{existing[0]}': choose another "
                 "--output_dir, remove them, or pass --overwrite true."
             )

@@ -211,6 +211,7 @@ def audit_overlay(parser: ConfigParser) -> tuple[dict, str]:
         "_target_": HANDLER_TARGET,
         "output_dir": save["output_dir"],
         "postfix": f"${_fragment(save['output_postfix'])} + '_report'",
+        "seg_postfix": save["output_postfix"],
         "separate_folder": save["separate_folder"],
         "overwrite": True,  # SaveImaged replaces the segmentation; its report follows
     }
