@@ -1,4 +1,4 @@
-"""One source of defaults: the bundle's settings, chosen by the sweep in ``docs/benchmarks.md``.
+"""One source of defaults: the bundle's settings, chosen by the study in ``docs/benchmarks/study.md``.
 
 The library's signatures, the benchmark and the tests read them from here; a test checks that the
 bundle's ``configs/inference.json`` (inferer, ``roi_size``) and ``metadata.json`` (organs) agree.
@@ -22,6 +22,7 @@ __all__ = [
     "ORGANS",
     "PRESETS",
     "BLEND_RANGE",
+    "BUNDLE_NORM_STATS",
     "HISTOGRAM_BINS",
     "BODY_FLOOR",
 ]
@@ -45,6 +46,9 @@ ORGANS = ("liver", "right kidney", "left kidney", "spleen")  # output channels 1
 # data where blending from the source's statistics (below) to the volume's (above) happens, chosen
 # between the training CT (up to 0.47) and most dev MR volumes (0.48-0.79): docs/reliability.md.
 BLEND_RANGE = (0.45, 0.55)
+# The bundle blends its statistics by that rule (the study's winner: docs/benchmarks/study.md); the
+# library's default stays "volume", because "auto" needs the source data's reference histogram.
+BUNDLE_NORM_STATS = "auto"
 HISTOGRAM_BINS = 32
 BODY_FLOOR = 0.05  # intensities above it (after the bundle's [0, 1] scaling) count as body
 

@@ -1,4 +1,4 @@
-"""The benchmark, source and sweep commands end to end on CPU, one real volume, tiny settings."""
+"""The benchmark and source commands end to end on CPU, one real volume, tiny settings."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from grata_monai import defaults
 from grata_monai.bench import paths
-from grata_monai.bench.benchmark import SWEEP_BASE, make_inferer, run_source, run_sweep
+from grata_monai.bench.benchmark import make_inferer, run_source
 from grata_monai.inferer import GraTaInferer
 from tests.conftest import BUNDLE_DIR, abdomen_dir
 
@@ -23,10 +23,6 @@ def test_make_inferer_ablations():
     assert make_inferer("norm_stats", (16, 16, 16), steps=5).steps == 0  # norm statistics take no steps
     with pytest.raises(ValueError, match="Unknown method"):
         make_inferer("sar", (16, 16, 16))
-
-
-def test_sweep_is_centred_on_the_defaults():
-    assert SWEEP_BASE["steps"] == defaults.STEPS and SWEEP_BASE["weak_transforms"] == defaults.WEAK_TRANSFORMS
 
 
 def test_paths_come_from_arguments_or_environment(tmp_path, monkeypatch):
@@ -73,15 +69,8 @@ def test_source_command_running_and_per_volume_statistics(data, tmp_path):
     result = run_source(splits="mr_test", data_dir=str(data), bundle_dir=str(BUNDLE_DIR), out=str(out), device="cpu", limit=1)
     running, per_volume = result["mr_test"]["running"]["summary"], result["mr_test"]["per_volume"]["summary"]
     assert len(running["dice_per_class"]) == len(defaults.ORGANS)
-    assert per_volume["dice_mean"] > running["dice_mean"]  # the CT statistics do not fit MR
+    assert running["dice_mean"] > 0.8 and per_volume["dice_mean"] > 0.8  # the model segments MR either way
+    assert per_volume["dice_per_class"] != running["dice_per_class"]  # the statistics differ
     assert json.loads(out.read_text())["mr_test"]["per_volume"]["summary"] == per_volume
 
 
-def test_sweep_picks_the_best_row(data, tmp_path):
-    out = tmp_path / "sweep.json"
-    base = {"steps": 1, "patches_per_step": 1, "lr0": 1e-3, "episodic": True, "perturb_scale": 1.0}
-    result = run_sweep(str(data), dev_volumes=1, bundle_dir=str(BUNDLE_DIR), out=str(out), methods="grata",
-                       device="cpu", base=base, axes={"lr0": (1e-2,)})
-    assert len(result["rows"]) == 2
-    assert result["best"]["grata"]["dice_mean"] == max(r["dice_mean"] for r in result["rows"])
-    assert json.loads(out.read_text())["best"] == result["best"]

@@ -101,7 +101,9 @@ def test_bundle_settings_are_the_library_defaults():
         "overlap": defaults.OVERLAP, "steps": defaults.STEPS, "patches_per_step": defaults.PATCHES_PER_STEP,
         "lr0": defaults.LR0, "weak_transforms": list(defaults.WEAK_TRANSFORMS), "batch_views": defaults.BATCH_VIEWS,
         "episodic": defaults.EPISODIC, "amp": defaults.AMP, "seed": defaults.SEED,
+        "norm_stats": defaults.BUNDLE_NORM_STATS, "reference_histogram": "@reference_histogram",
     }
+    assert len(config["reference_histogram"]) == defaults.HISTOGRAM_BINS
     assert tuple(config["roi_size"]) == defaults.ROI_SIZE
     channels = json.loads(META.read_text())["network_data_format"]["outputs"]["pred"]["channel_def"]
     assert tuple(channels[str(c)] for c in range(1, len(channels))) == defaults.ORGANS

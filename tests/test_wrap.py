@@ -24,7 +24,6 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.handlers import CheckpointLoader, StatsHandler
-from monai.networks.nets import UNet
 
 from grata_monai import GraTaInferer
 from grata_monai.bundle.handlers import AuditReportHandler

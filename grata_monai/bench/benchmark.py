@@ -4,8 +4,8 @@ Volumes are preprocessed once with the bundle's own deterministic preprocessing,
 method (source-only, norm statistics, TENT, MEMO, GraTa and its ablations) segments every
 volume in order (continual methods see the stream in that order). Dice per organ is measured
 with MONAI's ``DiceMetric`` on the preprocessed grid; time and peak GPU memory are measured
-per volume, with a warm-up pass first. The same pieces give the sweep that chose the defaults,
-the source model's own Dice (:func:`run_source`) and organ volumes on unlabelled data.
+per volume, with a warm-up pass first. The same pieces give the study that chose the defaults
+(:mod:`~grata_monai.bench.study`), the source model's own Dice (:func:`run_source`) and organ volumes on unlabelled data.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from grata_monai.baselines import MemoInferer, NormStatsInferer, TentInferer
 from grata_monai.bench import paths
 from grata_monai.bundle.io import list_volumes
 from grata_monai.inferer import GraTaInferer
-from grata_monai.views import WEAK_VIEWS
 
 __all__ = [
     "METHODS",
@@ -42,42 +41,15 @@ __all__ = [
     "evaluate",
     "run_benchmark",
     "run_source",
-    "run_sweep",
     "run_volumes",
     "run_reference",
 ]
 
 METHODS = ("source", "norm_stats", "tent", "memo", "grata", "grata_no_align", "grata_fixed_lr")
 
-# The sweep varies one setting at a time around the defaults; its weak views (AP and SI flips) do
-# not mirror the patient, so lateral labels (right/left kidney) stay valid; the axis tries all six.
-SWEEP_BASE = {
-    "steps": defaults.STEPS,
-    "patches_per_step": defaults.PATCHES_PER_STEP,
-    "lr0": defaults.LR0,
-    "episodic": defaults.EPISODIC,
-    "perturb_scale": defaults.PERTURB_SCALE,
-    "weak_transforms": defaults.WEAK_TRANSFORMS,
-}
-SWEEP_AXES = {
-    "lr0": (1e-4, 1e-2, 3e-2),
-    "steps": (3, 10, 20),
-    "patches_per_step": (2, 8),
-    "perturb_scale": (0.1,),
-    "episodic": (False,),
-    "weak_transforms": (WEAK_VIEWS,),
-}
-
-
 def _names(value: str | tuple) -> tuple:
     """A comma-separated string (as from the command line) or a sequence, as a tuple of names."""
     return tuple(v for v in value.split(",") if v) if isinstance(value, str) else tuple(value)
-
-
-def _chosen(best: dict, method: str) -> dict:
-    """The sweep's best settings for ``method``: TENT's for the entropy methods, else GraTa's."""
-    row = best.get("tent" if method in ("tent", "memo") else "grata", {})
-    return {k: v for k, v in row.items() if k in SWEEP_BASE}
 
 
 def load_bundle(
@@ -231,7 +203,6 @@ def run_benchmark(
     amp: bool = defaults.AMP,
     batch_views: bool = defaults.BATCH_VIEWS,
     seed: int = defaults.SEED,
-    settings_from: str | None = None,
 ) -> dict:
     """Run ``methods`` on the ``key`` split of ``data_dir`` and write a results JSON to ``out``.
 
@@ -248,8 +219,6 @@ def run_benchmark(
         sw_batch_size, overlap: sliding-window settings of every method.
         steps, patches_per_step, lr0, episodic, perturb_scale, weak_transforms, amp, batch_views, seed:
             adaptation settings shared by the adaptive methods (defaults: ``grata_monai.defaults``).
-        settings_from: a ``sweep.json``; its best settings override the ones above, TENT's for the
-            entropy methods (tent, memo), GraTa's for the others.
     """
     out = _out(out)
     data_dir = paths.data_dir(data_dir)
@@ -262,7 +231,6 @@ def run_benchmark(
     volumes = prepare(data_dir, key, preprocessing, limit)
     adapt = {"steps": steps, "patches_per_step": patches_per_step, "lr0": lr0, "episodic": episodic, "amp": amp}
     adapt |= {"seed": seed, "perturb_scale": perturb_scale, "weak_transforms": weak_transforms, "batch_views": batch_views}
-    chosen = json.loads(Path(settings_from).read_text())["best"] if settings_from else {}
     results = {
         "device": device_name(dev),
         "git_revision": _git_revision(),
@@ -271,8 +239,7 @@ def run_benchmark(
         "methods": {},
     }
     for method in tqdm(methods, desc="methods"):
-        own = adapt | _chosen(chosen, method)
-        inferer = make_inferer(method, bundle["roi_size"], sw_batch_size, overlap, **own)
+        inferer = make_inferer(method, bundle["roi_size"], sw_batch_size, overlap, **adapt)
         evaluate(inferer, network, volumes[:1], dev)  # warm-up (cudnn autotuning, allocator)
         if hasattr(inferer, "reset"):
             inferer.reset()
@@ -323,53 +290,12 @@ def run_source(
     return results
 
 
-def run_sweep(
-    data_dir: str | None = None,
-    key: str = "mr_test",
-    dev_volumes: int = 4,
-    bundle_dir: str | None = None,
-    out: str | None = None,
-    methods: str | tuple = ("grata", "tent"),
-    device: str | None = None,
-    amp: bool = defaults.AMP,
-    batch_views: bool = defaults.BATCH_VIEWS,
-    seed: int = defaults.SEED,
-    base: dict | None = None,
-    axes: dict | None = None,
-) -> dict:
-    """Vary one GraTa/TENT setting at a time around ``base`` (default ``SWEEP_BASE``) over ``axes``
-    (default ``SWEEP_AXES``) on the first ``dev_volumes`` volumes of ``key``; record the mean Dice of
-    each configuration; the best row per method is the chosen default."""
-    out = _out(out)
-    data_dir = paths.data_dir(data_dir)
-    base = dict(SWEEP_BASE if base is None else base)
-    axes = SWEEP_AXES if axes is None else axes
-    dev = _device(device)
-    methods = _names(methods)
-    network, preprocessing, bundle = load_bundle(paths.bundle_dir(bundle_dir), dev)
-    volumes = prepare(data_dir, key, preprocessing, dev_volumes)
-    configs = [base] + [base | {axis: v} for axis, values in axes.items() for v in values]
-    rows = []
-    for method in methods:
-        for config in tqdm(configs, desc=f"sweep {method}"):
-            settings = {"amp": amp, "seed": seed, "batch_views": batch_views, **config}
-            inferer = make_inferer(method, bundle["roi_size"], **settings)
-            summary = summarize(evaluate(inferer, network, volumes, dev))
-            rows.append({"method": method, **config, "dice_mean": summary["dice_mean"], "infer_s": summary["infer_s"]})
-    best = {m: max((r for r in rows if r["method"] == m), key=lambda r: r["dice_mean"]) for m in methods}
-    result = {"device": device_name(dev), "git_revision": _git_revision(), "dev_volumes": [v["name"] for v in volumes]}
-    result |= {"rows": rows, "best": best}
-    _write(out, result)
-    return result
-
-
 def run_volumes(
     dataset_dir: str | None = None,
     bundle_dir: str | None = None,
     out: str | None = None,
-    methods: str | tuple = METHODS,
+    methods: str | tuple = (*METHODS, "bundle"),
     device: str | None = None,
-    settings_from: str | None = None,
     amp: bool = defaults.AMP,
 ) -> dict:
     """Unlabelled data (e.g. a new center's DICOM series): predicted organ volumes (mL) per method.
@@ -377,7 +303,8 @@ def run_volumes(
     Volumes come from ``dataset_dir`` as the bundle finds them (NIfTI files or DICOM series) and are
     preprocessed with the bundle's inference preprocessing; a plausible segmentation has organ
     volumes in the adult range (liver ~1-2.5 L, each kidney ~0.1-0.25 L, spleen ~0.1-0.4 L).
-    ``dataset_dir`` defaults to ``$GRATA_DATA_DIR/ircad01/PATIENT_DICOM``.
+    ``dataset_dir`` defaults to ``$GRATA_DATA_DIR/ircad01/PATIENT_DICOM``. The method ``bundle`` is
+    the bundle's own ``inferer`` as its ``inference.json`` builds it (the shipped default).
     """
     out = _out(out)
     dataset_dir = paths.data_dir(dataset_dir, "ircad01/PATIENT_DICOM")
@@ -389,20 +316,23 @@ def run_volumes(
     parser.read_config(str(bundle_dir / "configs" / "inference.json"))
     preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
     labels = parser.get_parsed_content("num_classes")
-    chosen = json.loads(Path(settings_from).read_text())["best"] if settings_from else {}
     result = {"device": device_name(dev), "git_revision": _git_revision(), "dataset_dir": str(dataset_dir), "volumes": {}}
     for item in list_volumes(dataset_dir):
         image = preprocessing(dict(item))["image"]
         voxel_ml = float(torch.prod(torch.as_tensor(image.pixdim[:3]))) / 1000.0
         rows = {}
         for method in tqdm(methods, desc=Path(item["image"]).name):
-            own = {"amp": amp, **_chosen(chosen, method)}
-            inferer = make_inferer(method, bundle["roi_size"], **own)
+            bundled = method == "bundle"
+            inferer = parser.get_parsed_content("inferer") if bundled else make_inferer(method, bundle["roi_size"], amp=amp)
             start = time.perf_counter()
             with torch.no_grad():
-                pred = inferer(torch.as_tensor(image)[None].to(dev), network).argmax(1)
+                logits = inferer(torch.as_tensor(image)[None].to(dev), network)
+                pred = logits.argmax(1)
             counts = torch.bincount(pred.flatten(), minlength=labels).cpu()
             rows[method] = {"organ_ml": [float(c) * voxel_ml for c in counts[1:]], "seconds": time.perf_counter() - start}
+            report = (reports_of(logits) or [{}])[0]
+            rows[method]["volume_statistics_weight"] = report.get("volume_statistics_weight")
+            rows[method]["domain_distance"] = report.get("domain_distance")
         result["volumes"][Path(item["image"]).name] = rows
     _write(out, result)
     return result

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import fire
 
-from grata_monai.bench.benchmark import run_benchmark, run_reference, run_source, run_sweep, run_volumes
+from grata_monai.bench.benchmark import run_benchmark, run_reference, run_source, run_volumes
 from grata_monai.bench.cache import build_cache
 from grata_monai.bench.dice import print_dice
 from grata_monai.bench.report import write_report
@@ -33,7 +33,6 @@ COMMANDS = {
     "source": _quiet(run_source),
     "study": _quiet(run_study),
     "reference": _quiet(run_reference),
-    "sweep": _quiet(run_sweep),
     "volumes": _quiet(run_volumes),
     "report": _quiet(write_report),
     "wrap": wrap_command,

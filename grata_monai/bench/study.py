@@ -36,7 +36,7 @@ from grata_monai.bench.benchmark import (
 )
 from grata_monai.inferer import GraTaInferer
 
-__all__ = ["BASELINES", "VARIANTS", "make", "choose", "run_study", "write_study_md", "plot_study"]
+__all__ = ["BASELINES", "VARIANTS", "make", "choose", "run_study", "write_results", "write_study_md", "plot_study"]
 
 SPLITS = ("mr_test", "ct_val")
 # name -> (method, settings beyond the defaults). Steps/lr/params follow the calibration note and
@@ -121,10 +121,27 @@ def choose(rows: dict[str, dict], ct_tolerance: float = 0.5, volume_tolerance: f
     return max(pool, key=lambda n: _mean(rows[n], "mr_test")), bool(eligible)
 
 
-def _as_results(rows: dict[str, dict], split: str, names: dict[str, str], meta: dict) -> dict:
-    methods = {alias: {"summary": rows[n][split]["summary"], "settings": rows[n]["settings"], "volumes": rows[n][split]["volumes"]}
-               for alias, n in names.items()}
-    return {**meta, "data": {**meta["data"], "key": split}, "methods": methods}
+def write_results(study: dict, out_dir: str | Path) -> None:
+    """``results.json`` (MR) and ``results_ct.json`` in the benchmark's format from a study: the
+    baselines, the best TENT, the chosen GraTa variant as ``grata``, its ablations and the paper's preset."""
+    rows, winner = study["rows"], study["chosen"]
+    names = {"source": "source", "norm_stats": "norm_stats", "tent": study["best_tent"], "memo": "memo_1x1e-3", "grata": winner}
+    names |= {f"grata_{a}": f"{winner}_{a}" for a in ABLATIONS if f"{winner}_{a}" in rows}
+    names |= {"grata_paper": "grata_paper"} if "grata_paper" in rows else {}
+    for split, file in (("mr_test", "results.json"), ("ct_val", "results_ct.json")):
+        methods = {
+            alias: {"summary": rows[n][split]["summary"], "settings": rows[n]["settings"], "volumes": rows[n][split]["volumes"]}
+            for alias, n in names.items()
+            if n in rows
+        }
+        result = {
+            "device": study["device"],
+            "git_revision": study["git_revision"],
+            "data": {**study["data"], "key": split, "volumes": study["volumes"][split]},
+            "settings": {"from": f"grata-monai study: {', '.join(f'{a}={n}' for a, n in names.items())}"},
+            "methods": methods,
+        }
+        (Path(out_dir) / file).write_text(json.dumps(result, indent=1))
 
 
 def write_study_md(study: dict, path: str | Path, figure: str = "study.png") -> None:
@@ -262,11 +279,7 @@ def run_study(
     (out / "study.json").write_text(json.dumps(study, indent=1))
     plot_study(study, out / "study.png")
     write_study_md(study, out / "study.md")
-    names = {"source": "source", "norm_stats": "norm_stats", "tent": tent, "memo": "memo_1x1e-3", "grata": winner}
-    names |= {f"grata_{a}": f"{winner}_{a}" for a in ABLATIONS if f"{winner}_{a}" in rows}
-    names |= {"grata_paper": "grata_paper"} if "grata_paper" in rows else {}
-    (out / "results.json").write_text(json.dumps(_as_results(rows, "mr_test", names, meta), indent=1))
-    (out / "results_ct.json").write_text(json.dumps(_as_results(rows, "ct_val", names, meta), indent=1))
+    write_results(study, out)
     print(f"chosen: {winner} (eligible: {eligible}); best TENT: {tent}")
     for name, row in rows.items():
         print(f"{name:32s} MR {_mean(row, 'mr_test'):6.2f}  CT {_mean(row, 'ct_val'):6.2f}  {row['mr_test']['summary']['infer_s']:.3f} s/vol")
