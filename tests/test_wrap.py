@@ -316,7 +316,8 @@ def test_wrapped_zoo_bundle_runs_and_equals_plain_without_adaptation(tmp_path):
 def test_our_bundle_wrapped_equals_its_grata_run(tmp_path):
     data = _one_volume(tmp_path)
     inference = BUNDLE_DIR / "configs" / "inference.json"
-    overlay = wrap(BUNDLE_DIR, out=tmp_path / "grata.json", steps=2, patches_per_step=2).path
+    overlay = wrap(BUNDLE_DIR, out=tmp_path / "grata.json", steps=2, patches_per_step=2, norm_stats="auto",
+                   reference_histogram="@reference_histogram").path  # our bundle's in-domain rule
     segs = {}
     for name, configs, args in (("own", [inference], ["--inferer#steps", "2", "--inferer#patches_per_step", "2"]),
                                 ("wrapped", [inference, overlay], [])):
