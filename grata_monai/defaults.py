@@ -44,7 +44,7 @@ SEED = 0
 ORGANS = ("liver", "right kidney", "left kidney", "spleen")  # output channels 1..4 (0: background)
 # norm_stats="auto" (grata_monai.domain): the intensity-histogram distance to the source training
 # data where blending from the source's statistics (below) to the volume's (above) happens, chosen
-# between the training CT (up to 0.47) and most dev MR volumes (0.48-0.79): docs/reliability.md.
+# between the training CT (0.17-0.43) and most dev MR volumes (0.47-0.78): docs/reliability.md.
 BLEND_RANGE = (0.45, 0.55)
 # The bundle blends its statistics by that rule (the study's winner: docs/benchmarks/study.md); the
 # library's default stays "volume", because "auto" needs the source data's reference histogram.
