@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.networks.layers import separable_filtering
 
 __all__ = ["GPUAugment"]
 
@@ -48,7 +49,7 @@ class GPUAugment:
 
     Each augmentation is applied to each crop independently with its probability; parameters are
     drawn per crop. ``labels`` (``(B, 1, *spatial)``, integer classes) drive the location-scale
-    augmentation only.
+    augmentation only (None when it is off). An augmentation with probability 0 costs nothing.
 
     Args:
         num_classes: number of label classes (background included).
@@ -168,14 +169,7 @@ class GPUAugment:
         radius = max(math.ceil(2 * sigma), 1)
         t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
         kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-        kernel = kernel / kernel.sum()
-        for axis in range(3):
-            shape = [1, 1, 1, 1, 1]
-            shape[2 + axis] = kernel.numel()
-            pad = [0, 0, 0, 0, 0, 0]
-            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
-            x = F.conv3d(F.pad(x, pad, mode="replicate"), kernel.view(shape))
-        return x
+        return separable_filtering(x, [kernel / kernel.sum()] * 3, mode="replicate")
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor | None, g: torch.Generator, rng: random.Random) -> torch.Tensor:
         """Augment the crops ``x`` (labels ``labels``) with device generator ``g`` and host RNG ``rng``."""

@@ -25,7 +25,7 @@ def intensity_histogram(volume: torch.Tensor, bins: int = defaults.HISTOGRAM_BIN
     x = x[x > floor]
     if x.numel() == 0:
         return torch.full((bins,), 1.0 / bins)
-    h = torch.histc(x.cpu(), bins, 0.0, 1.0)
+    h = torch.histc(x, bins, 0.0, 1.0).cpu()  # counted on the volume's device: 32 numbers come back
     return h / h.sum()
 
 

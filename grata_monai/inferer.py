@@ -34,9 +34,9 @@ from grata_monai.guard import DivergenceGuard, measure
 from grata_monai.domain import histogram_distance, volume_weight
 from grata_monai.losses import ConsistencyLoss, EntropyLoss
 from grata_monai.norms import (
-    batch_norm_statistics,
+    PARAM_SCOPES,
+    blend_batch_norm_statistics,
     configure_model,
-    load_batch_norm_statistics,
     settle_batch_norm_statistics,
     use_test_statistics,
 )
@@ -167,6 +167,8 @@ class AdaptiveInferer(Inferer):
             raise ValueError("norm_stats='auto' needs reference_histogram: the source data's (grata-monai reference).")
         if not 0 <= blend_range[0] < blend_range[1]:
             raise ValueError(f"blend_range must be (low, high) with 0 <= low < high, got {blend_range}.")
+        if adapt_params not in PARAM_SCOPES:
+            raise ValueError(f"Unknown parameter scope {adapt_params!r}; choose from {PARAM_SCOPES}.")
         if steps < 0 or patches_per_step < 1:
             raise ValueError(f"Need steps >= 0 and patches_per_step >= 1, got {steps} and {patches_per_step}.")
         self.sliding = SlidingWindowInferer(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, **kwargs)
@@ -176,7 +178,6 @@ class AdaptiveInferer(Inferer):
         self.sigmoid, self.foreground_threshold, self.norm_stats = sigmoid, foreground_threshold, norm_stats
         self.adapt_params, self.blend_range = adapt_params, (float(blend_range[0]), float(blend_range[1]))
         self.reference_histogram = [float(v) for v in reference_histogram] if reference_histogram else None
-        configure_model(nn.Sequential(nn.BatchNorm1d(1)), adapt_params)  # fail early on an unknown scope
         self.guard = DivergenceGuard(guard_entropy_tolerance, guard_volume_ratio) if guard else None
         self._episode: Episode | None = None  # the continual state
         self._lock = threading.Lock()
@@ -255,16 +256,14 @@ class AdaptiveInferer(Inferer):
     def settle(self, episode: Episode, volume: torch.Tensor, device: torch.device, report: VolumeReport) -> None:
         """Fix the normalization statistics used at inference: the whole volume's, the source's, or
         (``"auto"``) a blend weighted by the volume's distance from the source domain, in ``report``."""
-        network, source = episode.network, batch_norm_statistics(episode.source)
         weight = 1.0 if self.norm_stats == "volume" else 0.0
         if self.norm_stats == "auto":
             report.domain_distance = histogram_distance(volume, self.reference_histogram)
             weight = volume_weight(report.domain_distance, self.blend_range)
         if weight > 0:
-            settle_batch_norm_statistics(network, windows(volume, self.roi_size, device))
-        own = batch_norm_statistics(network)
-        load_batch_norm_statistics(network, [(s[0].lerp(o[0], weight), s[1].lerp(o[1], weight)) for s, o in zip(source, own)])
-        network.eval()
+            settle_batch_norm_statistics(episode.network, windows(volume, self.roi_size, device))
+        blend_batch_norm_statistics(episode.network, episode.source, weight)
+        episode.network.eval()
         report.volume_statistics_weight = weight
 
     def infer_volume(self, batch: torch.Tensor, source: nn.Module, device: torch.device) -> tuple[torch.Tensor, VolumeReport]:

@@ -21,8 +21,8 @@ __all__ = [
     "settle_batch_norm_statistics",
     "PARAM_SCOPES",
     "head_params",
-    "batch_norm_statistics",
-    "load_batch_norm_statistics",
+    "batch_norm_layers",
+    "blend_batch_norm_statistics",
 ]
 
 PARAM_SCOPES = ("norm", "norm+head", "all")
@@ -134,7 +134,7 @@ def settle_batch_norm_statistics(network: nn.Module, batches: Iterable[torch.Ten
     Returns:
         the number of batches seen (0 leaves the network's statistics unchanged).
     """
-    layers = [m for _, m in network.named_modules() if _is_batch_norm(m) and m.running_mean is not None]
+    layers = batch_norm_layers(network)
     for m in layers:
         m.train()
     sums = [[torch.zeros_like(m.running_mean), torch.zeros_like(m.running_var)] for m in layers]
@@ -160,18 +160,16 @@ def settle_batch_norm_statistics(network: nn.Module, batches: Iterable[torch.Ten
 
 
 
-def _batch_norms(network: nn.Module) -> list[nn.Module]:
+
+def batch_norm_layers(network: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers (eager or scripted) that keep running statistics."""
     return [m for _, m in network.named_modules() if _is_batch_norm(m) and m.running_mean is not None]
 
 
-def batch_norm_statistics(network: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A copy of every BatchNorm layer's running (mean, var)."""
-    return [(m.running_mean.clone(), m.running_var.clone()) for m in _batch_norms(network)]
-
-
 @torch.no_grad()
-def load_batch_norm_statistics(network: nn.Module, statistics: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Set every BatchNorm layer's running (mean, var) from :func:`batch_norm_statistics`."""
-    for m, (mean, var) in zip(_batch_norms(network), statistics, strict=True):
-        m.running_mean.copy_(mean)
-        m.running_var.copy_(var)
+def blend_batch_norm_statistics(network: nn.Module, source: nn.Module, weight: float) -> None:
+    """Set ``network``'s BatchNorm running statistics to ``weight * own + (1 - weight) * source's``
+    (``source`` may sit on another device); 0 restores the source's exactly, 1 keeps its own."""
+    for m, s in zip(batch_norm_layers(network), batch_norm_layers(source), strict=True):
+        m.running_mean.copy_(s.running_mean.to(m.running_mean).lerp(m.running_mean, weight))
+        m.running_var.copy_(s.running_var.to(m.running_var).lerp(m.running_var, weight))

@@ -24,7 +24,7 @@ from monai.networks.utils import one_hot
 from grata_monai import defaults
 from grata_monai.bench.benchmark import load_bundle, prepare
 from grata_monai.domain import histogram_distance
-from grata_monai.norms import _batch_norms, settle_batch_norm_statistics
+from grata_monai.norms import batch_norm_layers, settle_batch_norm_statistics
 from grata_monai.sampling import windows
 
 
@@ -44,7 +44,7 @@ def main(data_dir: str, bundle_dir: str, out: str) -> None:
             with torch.no_grad():
                 settle_batch_norm_statistics(own, windows(image[0], defaults.ROI_SIZE, device))
                 shifts = [((m.running_mean - s.running_mean).abs() / (s.running_var + s.eps).sqrt()).mean()
-                          for m, s in zip(_batch_norms(own), _batch_norms(network))]
+                          for m, s in zip(batch_norm_layers(own), batch_norm_layers(network))]
                 row["bn_shift"] = float(torch.stack(shifts).mean())
                 body = image > defaults.BODY_FLOOR
                 for name, net in (("source", network), ("volume", own)):

@@ -15,14 +15,15 @@ the winner as ``grata`` (for ``grata-monai report``).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from monai.bundle import ConfigParser
 from tqdm import tqdm
 
 from grata_monai import defaults
-from grata_monai.baselines import MemoInferer, NormStatsInferer, TentInferer
 from grata_monai.bench import paths
 from grata_monai.bench.benchmark import (
     _device,
@@ -31,10 +32,10 @@ from grata_monai.bench.benchmark import (
     device_name,
     evaluate,
     load_bundle,
+    make_inferer,
     prepare,
     summarize,
 )
-from grata_monai.inferer import GraTaInferer
 
 __all__ = ["BASELINES", "VARIANTS", "make", "choose", "run_study", "write_results", "write_study_md", "plot_study"]
 
@@ -74,14 +75,9 @@ ABLATIONS = {"no_align": {"align": False, "dynamic_lr": False}, "fixed_lr": {"dy
 def make(method: str, settings: dict[str, Any], reference: list[float] | None = None):
     """The inferer of ``method`` (source, norm_stats, tent, memo, grata) with ``settings``; variants
     with ``norm_stats="auto"`` get the bundle's ``reference`` histogram."""
-    from monai.inferers import SlidingWindowInferer
-
-    if method == "source":
-        return SlidingWindowInferer(defaults.ROI_SIZE, defaults.SW_BATCH_SIZE, defaults.OVERLAP)
     if settings.get("norm_stats") == "auto":
         settings = {"reference_histogram": reference, **settings}
-    classes = {"norm_stats": NormStatsInferer, "tent": TentInferer, "memo": MemoInferer, "grata": GraTaInferer}
-    return classes[method](**settings)
+    return make_inferer(method, **settings)
 
 
 def _row(name: str, method: str, settings: dict, network, volumes: dict, device, reference=None) -> dict:
@@ -212,8 +208,6 @@ def plot_study(study: dict, path: str | Path) -> None:
 
 
 def _reference_histogram(bundle: Path) -> list[float] | None:
-    from monai.bundle import ConfigParser
-
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
     return parser.get("reference_histogram")
@@ -238,8 +232,6 @@ def run_study(
         limit: only the first ``limit`` volumes of each split.
         device: ``"cuda"`` / ``"cpu"``; CUDA when available by default.
     """
-    import sys
-
     dev = _device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -75,7 +75,6 @@ class GPUPatchSampler:
         self.pos_fraction, self.rotate_range, self.scale_range = pos_fraction, tuple(rotate_range), scale_range
         self.affine_prob, self.spacing, self.augment = affine_prob, tuple(float(s) for s in spacing), augment
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.seed = seed
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.rng = random.Random(seed)
         self.volumes: list[dict] = []
