@@ -1,6 +1,6 @@
 """Baseline test-time adaptation methods on the same machinery as GraTa.
 
-Each is an :class:`~grata_monai.inferer.AdaptiveInferer`: same private network copy, norm-layer
+Each is an :class:`~grata_monai.adaptive.AdaptiveInferer`: same private network copy, norm-layer
 handling, patch sampling, per-volume statistics and sliding-window inference; only the
 adaptation step differs. Source-only inference is MONAI's plain ``SlidingWindowInferer``.
 """
@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from grata_monai.alignment import StepRecord
-from grata_monai.inferer import AdaptiveInferer, Episode
+from grata_monai.adaptive import AdaptiveInferer, Episode
 from grata_monai.losses import entropy, probabilities, probability_entropy
 from grata_monai.views import augment_each, strong_augmentation
 
@@ -21,6 +21,8 @@ __all__ = ["NormStatsInferer", "TentInferer", "MemoInferer"]
 
 class NormStatsInferer(AdaptiveInferer):
     """Norm-statistics adaptation: no gradient step, only per-volume normalization statistics.
+
+    Args: those of :class:`~grata_monai.adaptive.AdaptiveInferer`, with ``steps`` fixed to 0.
 
     Raises:
         ValueError: when given ``steps`` other than 0 (use :class:`TentInferer` or
@@ -37,6 +39,10 @@ class NormStatsInferer(AdaptiveInferer):
             )
         super().__init__(*args, steps=0, **kwargs)
 
+    def adapt_step(self, episode: Episode, x: torch.Tensor) -> StepRecord:
+        """Never called: this method takes no steps (``steps`` is 0)."""
+        raise RuntimeError("NormStatsInferer takes no gradient steps.")
+
 
 class TentInferer(AdaptiveInferer):
     """TENT (Wang et al., ICLR 2021): minimise the prediction entropy over the norm affine parameters."""
@@ -49,7 +55,10 @@ class TentInferer(AdaptiveInferer):
 
 class MemoInferer(AdaptiveInferer):
     """MEMO (Zhang et al., NeurIPS 2022): minimise the entropy of the prediction averaged over
-    ``n_aug`` strong augmentations of the patches (adapting the norm affine parameters)."""
+    ``n_aug`` strong augmentations of the patches (adapting the norm affine parameters).
+
+    Args: ``n_aug`` and those of :class:`~grata_monai.adaptive.AdaptiveInferer`.
+    """
 
     method = "memo"
 

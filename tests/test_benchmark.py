@@ -10,19 +10,8 @@ import pytest
 
 from grata_monai import defaults
 from grata_monai.bench import paths
-from grata_monai.bench.benchmark import make_inferer, run_source
-from grata_monai.inferer import GraTaInferer
+from grata_monai.bench.benchmark import run_source
 from tests.conftest import BUNDLE_DIR, abdomen_dir
-
-
-def test_make_inferer_ablations():
-    assert make_inferer("grata_no_align", (16, 16, 16)).align is False
-    assert make_inferer("grata_fixed_lr", (16, 16, 16)).dynamic_lr is False
-    grata = make_inferer("grata", (16, 16, 16), weak_transforms=("flip1",), perturb_scale=0.5, steps=2)
-    assert isinstance(grata, GraTaInferer) and grata.weak_transforms == ("flip1",) and grata.perturb_scale == 0.5
-    assert make_inferer("norm_stats", (16, 16, 16), steps=5).steps == 0  # norm statistics take no steps
-    with pytest.raises(ValueError, match="Unknown method"):
-        make_inferer("sar", (16, 16, 16))
 
 
 def test_paths_come_from_arguments_or_environment(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import grata_monai.inferer
+import grata_monai.adaptive
 from grata_monai import GraTaInferer, NormStatsInferer, TentInferer, reports_of
 from grata_monai.guard import DivergenceGuard, Signals, measure
 
@@ -46,7 +46,7 @@ def test_inferer_measures_with_its_own_activation(unet, volume, monkeypatch, sig
         seen.append(sigmoid)
         return measure(network, patches, sigmoid)
 
-    monkeypatch.setattr(grata_monai.inferer, "measure", spy)
+    monkeypatch.setattr(grata_monai.adaptive, "measure", spy)
     with torch.no_grad():
         TentInferer(ROI, sw_batch_size=2, steps=1, patches_per_step=2, sigmoid=sigmoid)(volume, unet)
     assert seen == [sigmoid, sigmoid]  # before and after adapting

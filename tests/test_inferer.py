@@ -298,3 +298,40 @@ def test_continual_adaptation_uses_test_statistics_on_every_volume(unet, volume)
         inferer(volume, unet)
         inferer(volume, unet)
     assert seen == [True, True]
+
+
+def test_signature_is_explicit_and_shows_every_setting():
+    """help() and config checkers see every setting with its default: no **kwargs, the presets' keys included."""
+    import inspect
+    import pydoc
+
+    from grata_monai.adaptive import AdaptiveInferer
+
+    params = inspect.signature(GraTaInferer).parameters
+    assert not any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values())
+    sliding = set(inspect.signature(SlidingWindowInferer).parameters) - {"args", "kwargs"}
+    assert sliding <= set(params) and set(inspect.signature(AdaptiveInferer).parameters) <= set(params)
+    assert all(key in params for preset in defaults.PRESETS.values() for key in preset)
+    text = pydoc.render_doc(GraTaInferer, renderer=pydoc.plaintext)
+    assert "steps: 'int' = 1," in text and "weak_transforms: 'Sequence[str]' = ('flip1', 'flip2')" in text
+    assert "with_coord: 'bool' = False" in text and "preset: 'str | None' = None" in text
+
+
+def test_sliding_window_arguments_pass_through(unet, volume):
+    inferer = grata(mode="gaussian", sigma_scale=0.2, padding_mode="replicate", cval=1.0, buffer_steps=2)
+    s = inferer.sliding
+    assert (s.mode, s.sigma_scale, s.padding_mode, s.cval, s.buffer_steps) == ("gaussian", 0.2, "replicate", 1.0, 2)
+    with pytest.raises(TypeError, match="stpes"):
+        GraTaInferer(ROI, stpes=2)
+
+
+def test_guard_thresholds_and_abstract_step():
+    from grata_monai.adaptive import AdaptiveInferer
+    from grata_monai.guard import DivergenceGuard
+
+    assert GraTaInferer(ROI, guard=DivergenceGuard(entropy_tolerance=0.3)).guard.entropy_tolerance == 0.3
+    assert GraTaInferer(ROI).guard == DivergenceGuard() and GraTaInferer(ROI, guard=False).guard is None
+    with pytest.raises(ValueError, match="guard must be"):
+        GraTaInferer(ROI, guard="yes")
+    with pytest.raises(TypeError, match="adapt_step"):
+        AdaptiveInferer(ROI)

@@ -29,6 +29,9 @@ def test_a_preset_refuses_settings_it_fixes():
         GraTaInferer(ROI, preset="paper", lr0=1e-3)
     with pytest.raises(ValueError, match="Unknown preset"):
         GraTaInferer(ROI, preset="mine")
+    with pytest.raises(ValueError, match="fixes \\['episodic'\\]"):  # even when it equals the library default
+        GraTaInferer(ROI, preset="paper", episodic=defaults.EPISODIC)
+    assert GraTaInferer(ROI, preset="paper", patches_per_step=2).patches_per_step == 2  # not fixed by the preset
 
 
 def test_auto_statistics_need_a_reference():

@@ -21,22 +21,19 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 from monai.data import load_decathlon_datalist
-from monai.inferers import Inferer, SlidingWindowInferer
+from monai.inferers import Inferer
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from tqdm import tqdm
 
 from grata_monai import defaults
 from grata_monai.audit import reports_of
-from grata_monai.baselines import MemoInferer, NormStatsInferer, TentInferer
 from grata_monai.bench import paths
+from grata_monai.bench.methods import METHODS, make_inferer
 from grata_monai.bundle.io import list_volumes
-from grata_monai.inferer import GraTaInferer
 
 __all__ = [
-    "METHODS",
     "load_bundle",
-    "make_inferer",
     "prepare",
     "evaluate",
     "run_benchmark",
@@ -44,8 +41,6 @@ __all__ = [
     "run_volumes",
     "run_reference",
 ]
-
-METHODS = ("source", "norm_stats", "tent", "memo", "grata", "grata_no_align", "grata_fixed_lr")
 
 def _names(value: str | tuple) -> tuple:
     """A comma-separated string (as from the command line) or a sequence, as a tuple of names."""
@@ -66,35 +61,6 @@ def load_bundle(
     network.load_state_dict(state.get("model", state))
     preprocessing = parser.get_parsed_content("validate#preprocessing", instantiate=True)
     return network.to(device).eval(), preprocessing, {"roi_size": list(parser["roi_size"])}
-
-
-def make_inferer(
-    method: str,
-    roi_size=defaults.ROI_SIZE,
-    sw_batch_size: int = defaults.SW_BATCH_SIZE,
-    overlap: float = defaults.OVERLAP,
-    **adapt: Any,
-) -> Inferer:
-    """The inferer of ``method`` with shared sliding-window and adaptation settings (the settings a
-    method does not have are dropped: GraTa's for the baselines, ``steps`` for norm statistics)."""
-    if method == "source":
-        return SlidingWindowInferer(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap)
-    weak = adapt.pop("weak_transforms", None)
-    grata_only = {k: adapt.pop(k) for k in ("perturb_scale", "batch_views") if k in adapt}
-    grata_only |= {"weak_transforms": weak} if weak else {}
-    if method == "norm_stats":
-        adapt.pop("steps", None)
-    classes = {"norm_stats": NormStatsInferer, "tent": TentInferer, "memo": MemoInferer}
-    if method in classes:
-        return classes[method](roi_size, sw_batch_size, overlap, **adapt)
-    ablations = {
-        "grata": {},
-        "grata_no_align": {"align": False, "dynamic_lr": False},
-        "grata_fixed_lr": {"dynamic_lr": False},
-    }
-    if method not in ablations:
-        raise ValueError(f"Unknown method {method!r}; choose from {METHODS}.")
-    return GraTaInferer(roi_size, sw_batch_size, overlap, **adapt, **grata_only, **ablations[method])
 
 
 def prepare(data_dir: str | Path, key: str, preprocessing, limit: int | None = None) -> list[dict]:
@@ -189,7 +155,7 @@ def run_benchmark(
     key: str = "mr_test",
     bundle_dir: str | None = None,
     out: str | None = None,
-    methods: str | tuple = METHODS,
+    methods: str | tuple = tuple(METHODS),
     limit: int | None = None,
     device: str | None = None,
     sw_batch_size: int = defaults.SW_BATCH_SIZE,
@@ -239,7 +205,7 @@ def run_benchmark(
         "methods": {},
     }
     for method in tqdm(methods, desc="methods"):
-        inferer = make_inferer(method, bundle["roi_size"], sw_batch_size, overlap, **adapt)
+        inferer = make_inferer(method, {"roi_size": bundle["roi_size"], "sw_batch_size": sw_batch_size, "overlap": overlap, **adapt})
         evaluate(inferer, network, volumes[:1], dev)  # warm-up (cudnn autotuning, allocator)
         if hasattr(inferer, "reset"):
             inferer.reset()
@@ -275,8 +241,8 @@ def run_source(
     data_dir = paths.data_dir(data_dir)
     dev = _device(device)
     network, preprocessing, bundle = load_bundle(paths.bundle_dir(bundle_dir), dev, ckpt)
-    running = make_inferer("source", bundle["roi_size"], sw_batch_size)
-    per_volume = make_inferer("norm_stats", bundle["roi_size"], sw_batch_size, amp=amp)
+    running = make_inferer("source", {"roi_size": bundle["roi_size"], "sw_batch_size": sw_batch_size})
+    per_volume = make_inferer("norm_stats", {"roi_size": bundle["roi_size"], "sw_batch_size": sw_batch_size, "amp": amp})
     results: dict = {"ckpt": str(ckpt or "bundle"), "device": device_name(dev), "git_revision": _git_revision()}
     for split in _names(splits):
         volumes = prepare(data_dir, split, preprocessing, limit)
@@ -323,7 +289,7 @@ def run_volumes(
         rows = {}
         for method in tqdm(methods, desc=Path(item["image"]).name):
             bundled = method == "bundle"
-            inferer = parser.get_parsed_content("inferer") if bundled else make_inferer(method, bundle["roi_size"], amp=amp)
+            inferer = parser.get_parsed_content("inferer") if bundled else make_inferer(method, {"roi_size": bundle["roi_size"], "amp": amp})
             start = time.perf_counter()
             with torch.no_grad():
                 logits = inferer(torch.as_tensor(image)[None].to(dev), network)

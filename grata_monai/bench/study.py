@@ -32,10 +32,10 @@ from grata_monai.bench.benchmark import (
     device_name,
     evaluate,
     load_bundle,
-    make_inferer,
     prepare,
     summarize,
 )
+from grata_monai.bench.methods import make_inferer
 
 __all__ = ["BASELINES", "VARIANTS", "make", "choose", "run_study", "write_results", "write_study_md", "plot_study"]
 
@@ -77,7 +77,7 @@ def make(method: str, settings: dict[str, Any], reference: list[float] | None = 
     with ``norm_stats="auto"`` get the bundle's ``reference`` histogram."""
     if settings.get("norm_stats") == "auto":
         settings = {"reference_histogram": reference, **settings}
-    return make_inferer(method, **settings)
+    return make_inferer(method, settings)
 
 
 def _row(name: str, method: str, settings: dict, network, volumes: dict, device, reference=None) -> dict:

@@ -26,7 +26,7 @@ from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.transforms import SaveImaged
 
 from grata_monai import defaults
-from grata_monai.inferer import AdaptiveInferer, unwrap_network
+from grata_monai.adaptive import AdaptiveInferer, unwrap_network
 from grata_monai.norms import find_norm_layers
 
 __all__ = ["WrapError", "Wrapped", "SETTINGS", "read_bundle", "wrap", "wrap_command"]

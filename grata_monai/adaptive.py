@@ -1,0 +1,337 @@
+"""The shared machinery of test-time adaptation: adapt a copy of the network on each volume, then infer.
+
+Called like every MONAI inferer, ``inferer(inputs, network)``, under the host's ``no_grad``. Per
+volume: a private copy of the network is configured (:func:`~grata_monai.norms.configure_model`),
+adapted on patches of the body (:mod:`~grata_monai.sampling`) by the method's :meth:`~AdaptiveInferer.adapt_step`,
+checked by the divergence guard (:mod:`~grata_monai.guard`), its normalization statistics settled on
+the whole volume, and then MONAI's ``SlidingWindowInferer`` runs with it. The logits carry the
+volume's audit report (:mod:`~grata_monai.audit`). The methods are subclasses:
+:class:`~grata_monai.inferer.GraTaInferer` and the baselines of :mod:`grata_monai.baselines`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import Inferer, SlidingWindowInferer
+from monai.utils import convert_to_dst_type, convert_to_tensor
+from torch import nn
+
+from grata_monai import defaults
+from grata_monai.alignment import StepRecord
+from grata_monai.audit import VolumeReport, attach_reports, checksum
+from grata_monai.domain import histogram_distance, volume_weight
+from grata_monai.guard import DivergenceGuard, measure
+from grata_monai.norms import (
+    PARAM_SCOPES,
+    blend_batch_norm_statistics,
+    configure_model,
+    settle_batch_norm_statistics,
+    use_test_statistics,
+)
+from grata_monai.sampling import body_patches, windows
+
+__all__ = ["Episode", "AdaptiveInferer", "unwrap_network", "check_inputs"]
+
+
+def unwrap_network(network: Any) -> nn.Module:
+    """Return the ``nn.Module`` behind ``network`` (MONAI Deploy passes a wrapper with ``.predictor``)."""
+    if not isinstance(network, nn.Module) and isinstance(getattr(network, "predictor", None), nn.Module):
+        network = network.predictor
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"Expected a torch nn.Module (or a wrapper with .predictor), got {type(network).__name__}.")
+    return network
+
+
+def check_inputs(inputs: torch.Tensor, network: nn.Module, spatial_dims: int) -> torch.Tensor:
+    """Validate ``inputs`` (B, C, *spatial) for ``network``; return them in the network's floating dtype.
+
+    Raises:
+        RuntimeError: called under ``torch.inference_mode()``, where gradients cannot come back.
+        ValueError: wrong number of dims or channels, an empty batch, or non-finite voxels.
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("test-time adaptation needs gradients: call the inferer under torch.no_grad(), not torch.inference_mode().")
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim != spatial_dims + 2:
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ValueError(
+            f"inputs must be a batch shaped (B, C, *spatial) with {spatial_dims} spatial dims to match roi_size; got {shape}."
+        )
+    if min(inputs.shape) == 0:
+        raise ValueError(f"inputs are empty: shape {tuple(inputs.shape)}.")
+    conv = next((m for m in network.modules() if _layer_name(m) in ("Conv1d", "Conv2d", "Conv3d")), None)
+    if conv is not None and inputs.shape[1] != conv.weight.shape[1] * conv.groups:
+        raise ValueError(f"inputs have {inputs.shape[1]} channel(s); the network expects {conv.weight.shape[1] * conv.groups}.")
+    inputs = inputs.to(next((p.dtype for p in network.parameters()), torch.float32))  # integer images are cast
+    if not torch.isfinite(inputs).all():
+        raise ValueError("inputs contain NaN or Inf voxels; clean or mask them before inference.")
+    return inputs
+
+
+@dataclass
+class Episode:
+    """The adapted state: a working copy of the network, its adapted parameters and optimizer."""
+
+    source: nn.Module
+    network: nn.Module
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    rng: np.random.RandomState
+    state: dict = field(default_factory=dict)  # method-specific state, e.g. the losses
+
+
+class AdaptiveInferer(Inferer):
+    """Adapt a copy of the network on patches of each volume, then infer with sliding windows.
+
+    The host's network is never modified: each volume (episodic) or each stream (continual) adapts
+    a private copy, so hosts may share one network across requests and threads. A method is a
+    subclass that implements :meth:`adapt_step`.
+
+    Args:
+        roi_size: sliding-window size, also the size of the adaptation patches.
+        sw_batch_size: windows per forward pass.
+        overlap: window overlap.
+        steps: adaptation steps per volume.
+        patches_per_step: patches sampled from the volume for each step (one batch).
+        lr0: base learning rate of the optimizer.
+        optimizer: ``"adam"`` (paper) or ``"sgd"``.
+        episodic: True resets to the source weights for every volume; False adapts continually
+            across calls until :meth:`reset`.
+        amp: bfloat16 autocast on CUDA.
+        seed: seed of patch sampling and augmentation (reset for every volume when episodic).
+        sigmoid: multi-label sigmoid outputs instead of softmax (losses and guard).
+        foreground_threshold: patch centres are drawn from voxels above this fraction of the
+            volume's intensity range (the body rather than air).
+        norm_stats: ``"volume"`` settles BatchNorm statistics once per volume (from non-overlapping
+            windows) so outputs do not depend on ``sw_batch_size``; ``"source"`` keeps the source
+            model's running statistics at inference; ``"auto"`` blends the two by the volume's
+            distance from the source domain (:mod:`grata_monai.domain`): the source's for
+            in-domain volumes, the volume's for shifted ones (docs/reliability.md).
+        reference_histogram: the source training data's intensity histogram
+            (``grata-monai reference``), needed by ``"auto"``.
+        blend_range: the histogram distances where ``"auto"`` starts and ends blending.
+        adapt_params: which parameters adapt, from ``norms.PARAM_SCOPES`` (``"norm"``: the paper's
+            norm-layer affine parameters).
+        guard: check the adaptation on held-out patches (:mod:`grata_monai.guard`) and fall back
+            to the unadapted weights for the volume when it diverged or got worse (continual mode:
+            reset to the source weights); the reason is in the volume's report. True: a
+            ``DivergenceGuard()`` with its default thresholds; a ``DivergenceGuard``: those
+            thresholds; False: no guard.
+        mode, sigma_scale, padding_mode, cval, sw_device, device, progress, cache_roi_weight_map,
+            cpu_thresh, buffer_steps, buffer_dim, with_coord: passed to MONAI's
+            ``SlidingWindowInferer`` (same meaning and defaults); ``sw_device`` is also where the
+            adaptation runs.
+    """
+
+    method = "adaptive"
+    sync_ranks = False  # see GraTaInferer
+
+    def __init__(
+        self,
+        roi_size: Sequence[int] | int = defaults.ROI_SIZE,
+        sw_batch_size: int = defaults.SW_BATCH_SIZE,
+        overlap: Sequence[float] | float = defaults.OVERLAP,
+        *,
+        steps: int = defaults.STEPS,
+        patches_per_step: int = defaults.PATCHES_PER_STEP,
+        lr0: float = defaults.LR0,
+        optimizer: str = "adam",
+        episodic: bool = defaults.EPISODIC,
+        amp: bool = defaults.AMP,
+        seed: int = defaults.SEED,
+        sigmoid: bool = False,
+        foreground_threshold: float = 0.1,
+        norm_stats: str = "volume",
+        reference_histogram: Sequence[float] | None = None,
+        blend_range: Sequence[float] = defaults.BLEND_RANGE,
+        adapt_params: str = "norm",
+        guard: bool | DivergenceGuard = True,
+        mode: str = "constant",
+        sigma_scale: Sequence[float] | float = 0.125,
+        padding_mode: str = "constant",
+        cval: float = 0.0,
+        sw_device: torch.device | str | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+        cache_roi_weight_map: bool = False,
+        cpu_thresh: int | None = None,
+        buffer_steps: int | None = None,
+        buffer_dim: int = -1,
+        with_coord: bool = False,
+    ) -> None:
+        super().__init__()
+        if optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}.")
+        if norm_stats not in ("volume", "source", "auto"):
+            raise ValueError(f"norm_stats must be 'volume', 'source' or 'auto', got {norm_stats!r}.")
+        if norm_stats == "auto" and not reference_histogram:
+            raise ValueError("norm_stats='auto' needs reference_histogram: the source data's (grata-monai reference).")
+        if not 0 <= blend_range[0] < blend_range[1]:
+            raise ValueError(f"blend_range must be (low, high) with 0 <= low < high, got {blend_range}.")
+        if adapt_params not in PARAM_SCOPES:
+            raise ValueError(f"Unknown parameter scope {adapt_params!r}; choose from {PARAM_SCOPES}.")
+        if steps < 0 or patches_per_step < 1:
+            raise ValueError(f"Need steps >= 0 and patches_per_step >= 1, got {steps} and {patches_per_step}.")
+        if not isinstance(guard, (bool, DivergenceGuard)):
+            raise ValueError(f"guard must be True, False or a DivergenceGuard, got {type(guard).__name__}.")
+        self.sliding = SlidingWindowInferer(
+            roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode, sigma_scale=sigma_scale,
+            padding_mode=padding_mode, cval=cval, sw_device=sw_device, device=device, progress=progress,
+            cache_roi_weight_map=cache_roi_weight_map, cpu_thresh=cpu_thresh, buffer_steps=buffer_steps,
+            buffer_dim=buffer_dim, with_coord=with_coord,
+        )
+        self.roi_size = tuple(self.sliding.roi_size)
+        self.steps, self.patches_per_step, self.lr0 = steps, patches_per_step, lr0
+        self.optimizer, self.episodic, self.amp, self.seed = optimizer, episodic, amp, seed
+        self.sigmoid, self.foreground_threshold, self.norm_stats = sigmoid, foreground_threshold, norm_stats
+        self.adapt_params, self.blend_range = adapt_params, (float(blend_range[0]), float(blend_range[1]))
+        self.reference_histogram = [float(v) for v in reference_histogram] if reference_histogram else None
+        self.guard = guard if isinstance(guard, DivergenceGuard) else DivergenceGuard() if guard else None
+        self._episode: Episode | None = None  # the continual state
+        self._lock = threading.Lock()
+
+    # --- the method: configure, adapt, reset ---------------------------------------------------
+    def configure(self, source: nn.Module, device: torch.device) -> Episode:
+        """A fresh episode: a copy of ``source`` with only its norm affine parameters trainable."""
+        network = copy.deepcopy(source).to(device)
+        params = configure_model(network, self.adapt_params)
+        opt_cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD
+        return Episode(source, network, params, opt_cls(params, lr=self.lr0), np.random.RandomState(self.seed))
+
+    @abstractmethod
+    def adapt_step(self, episode: Episode, x: torch.Tensor) -> StepRecord:
+        """One adaptation step of the method on the patch batch ``x``; returns its record for the report."""
+
+    def descend(self, episode: Episode, loss: torch.Tensor) -> StepRecord:
+        """A plain optimizer step on ``loss`` with the fixed ``lr0`` (the gradient baselines' update)."""
+        episode.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in episode.optimizer.param_groups:
+            group["lr"] = self.lr0
+        episode.optimizer.step()
+        episode.optimizer.zero_grad(set_to_none=True)
+        return StepRecord(loss.item(), float("nan"), float("nan"), self.lr0)
+
+    def reset(self) -> None:
+        """Drop the continually adapted state; the next call starts from the source weights."""
+        with self._lock:
+            self._episode = None
+
+    def settings(self) -> dict:
+        """The method's settings, for reports."""
+        keys = ("roi_size", "steps", "patches_per_step", "lr0", "optimizer", "episodic", "amp", "seed", "norm_stats")
+        keys += ("adapt_params", "sigmoid", "blend_range")
+        return {"method": self.method, **{k: getattr(self, k) for k in keys}, "guard": self.guard is not None}
+
+    # --- one volume -----------------------------------------------------------------------------
+    def episode_for(self, source: nn.Module, device: torch.device) -> Episode:
+        """A fresh episode (episodic), else the continual one (fresh for a new source network)."""
+        if self.episodic:
+            return self.configure(source, device)
+        if self._episode is None or self._episode.source is not source:
+            self._episode = self.configure(source, device)
+        return self._episode
+
+    def adapt(self, episode: Episode, volume: torch.Tensor, device: torch.device, report: VolumeReport) -> Episode:
+        """Run the adaptation steps on ``volume`` (C, *spatial); return the episode to infer with,
+        rolled back (or, continual, replaced by a fresh one) when the guard fires."""
+        if self.steps == 0:
+            return episode
+        use_test_statistics(episode.network)  # a continual episode left them in inference mode
+        sample = body_patches(volume, self.roi_size, self.patches_per_step, episode.rng, device, self.foreground_threshold)
+        if self.guard is not None:
+            heldout = sample()
+            theta0 = [p.detach().clone() for p in episode.params]
+            before = measure(episode.network, heldout, self.sigmoid)
+        for _ in range(self.steps):
+            report.steps.append(asdict(self.adapt_step(episode, sample())))
+        if self.guard is None:
+            return episode
+        after = measure(episode.network, heldout, self.sigmoid)
+        losses = [s["aux_loss"] for s in report.steps]
+        report.guard = self.guard.decide(before, after, episode.params, losses, self.sync_ranks, device)
+        if report.guard is None:
+            return episode
+        if not self.episodic:
+            self._episode = self.configure(episode.source, device)
+            return self._episode
+        with torch.no_grad():
+            torch._foreach_copy_(episode.params, theta0)
+        return episode
+
+    def settle(self, episode: Episode, volume: torch.Tensor, device: torch.device, report: VolumeReport) -> None:
+        """Fix the normalization statistics used at inference: the whole volume's, the source's, or
+        (``"auto"``) a blend weighted by the volume's distance from the source domain, in ``report``."""
+        weight = 1.0 if self.norm_stats == "volume" else 0.0
+        if self.norm_stats == "auto":
+            report.domain_distance = histogram_distance(volume, self.reference_histogram)
+            weight = volume_weight(report.domain_distance, self.blend_range)
+        if weight > 0:
+            settle_batch_norm_statistics(episode.network, windows(volume, self.roi_size, device))
+        blend_batch_norm_statistics(episode.network, episode.source, weight)
+        episode.network.eval()
+        report.volume_statistics_weight = weight
+
+    def infer_volume(self, batch: torch.Tensor, source: nn.Module, device: torch.device) -> tuple[torch.Tensor, VolumeReport]:
+        """Adapt to the single volume of ``batch`` (1, C, *spatial); return its logits and report."""
+        volume = convert_to_tensor(batch[0], track_meta=False)  # MetaTensor ops are slow in the hot loop
+        amp = self.amp and device.type == "cuda"  # bfloat16 autocast on CUDA only
+        settings = {**self.settings(), "amp": amp}  # what was used, not what was asked
+        report = VolumeReport(self.method, settings, device=str(device), autocast="bfloat16" if amp else "off",
+                              source_sha256=checksum(source))
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+        start = time.perf_counter()
+        episode = self.episode_for(source, device)  # copied under the host's no_grad: leaf parameters
+        with torch.enable_grad(), autocast:
+            episode = self.adapt(episode, volume, device, report)
+        report.adapt_seconds = _seconds_since(start, device)
+        with torch.no_grad(), autocast:
+            self.settle(episode, volume, device, report)
+            logits = self.sliding(batch, episode.network)
+        report.total_seconds = _seconds_since(start, device)
+        return logits, report
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> MetaTensor:
+        """Adapt to each volume of the batch ``inputs``; return the sliding-window logits, with one
+        report per volume in ``meta[audit.REPORT_KEY]``."""
+        source = unwrap_network(network)
+        inputs = check_inputs(inputs, source, len(self.roi_size))
+        device = _adaptation_device(inputs, source, self.sliding.sw_device)
+        with contextlib.nullcontext() if self.episodic else self._lock:
+            results = [self.infer_volume(inputs[i : i + 1], source, device) for i in range(len(inputs))]
+        if len(results) == 1:
+            logits = results[0][0]  # sliding-window output: the input's metadata came along
+        else:
+            logits = torch.cat([convert_to_tensor(r[0], track_meta=False) for r in results])
+            logits = convert_to_dst_type(logits, inputs)[0] if isinstance(inputs, MetaTensor) else logits
+        return attach_reports(logits, [r[1] for r in results])
+
+
+def _layer_name(module: nn.Module) -> str:
+    return getattr(module, "original_name", None) or type(module).__name__  # eager or TorchScript
+
+
+def _adaptation_device(inputs: torch.Tensor, network: nn.Module, sw_device: torch.device | str | None) -> torch.device:
+    """``sw_device`` when set, else CUDA when the inputs are there, else the network's device."""
+    if sw_device is not None:
+        return torch.device(sw_device)
+    if inputs.is_cuda:
+        return inputs.device
+    param = next(network.parameters(), None)
+    return param.device if param is not None else inputs.device
+
+
+def _seconds_since(start: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
