@@ -38,7 +38,7 @@ $(STAMP): setup.cfg pyproject.toml
 run: $(STAMP)
 	$(PY) -W "ignore:parsing config_file" -m monai.bundle run --config_file bundle/configs/inference.json \
 	    --bundle_root bundle --output_dir $(OUTPUT_DIR) --overwrite true
-	@$(PY) -m grata_monai.bench.cli dice --pred $(OUTPUT_DIR)/mr_01_image_seg.nii.gz --label $(LABEL)
+	@$(PY) -m grata_monai.cli dice --pred $(OUTPUT_DIR)/mr_01_image_seg.nii.gz --label $(LABEL)
 	@echo "segmentation of $(SAMPLE): $(OUTPUT_DIR)/mr_01_image_seg.nii.gz"
 
 test: $(STAMP)

@@ -61,17 +61,21 @@ def check_inputs(inputs: torch.Tensor, network: nn.Module, spatial_dims: int) ->
         ValueError: wrong number of dims or channels, an empty batch, or non-finite voxels.
     """
     if torch.is_inference_mode_enabled():
-        raise RuntimeError("test-time adaptation needs gradients: call the inferer under torch.no_grad(), not torch.inference_mode().")
+        raise RuntimeError(
+            "test-time adaptation needs gradients: call the inferer under torch.no_grad(), not torch.inference_mode()."
+        )
     if not isinstance(inputs, torch.Tensor) or inputs.ndim != spatial_dims + 2:
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise ValueError(
-            f"inputs must be a batch shaped (B, C, *spatial) with {spatial_dims} spatial dims to match roi_size; got {shape}."
+            f"inputs must be a batch shaped (B, C, *spatial) with {spatial_dims} spatial dims to match roi_size; "
+            f"got {shape}."
         )
     if min(inputs.shape) == 0:
         raise ValueError(f"inputs are empty: shape {tuple(inputs.shape)}.")
     conv = next((m for m in network.modules() if _layer_name(m) in ("Conv1d", "Conv2d", "Conv3d")), None)
     if conv is not None and inputs.shape[1] != conv.weight.shape[1] * conv.groups:
-        raise ValueError(f"inputs have {inputs.shape[1]} channel(s); the network expects {conv.weight.shape[1] * conv.groups}.")
+        expected = conv.weight.shape[1] * conv.groups
+        raise ValueError(f"inputs have {inputs.shape[1]} channel(s); the network expects {expected}.")
     inputs = inputs.to(next((p.dtype for p in network.parameters()), torch.float32))  # integer images are cast
     if not torch.isfinite(inputs).all():
         raise ValueError("inputs contain NaN or Inf voxels; clean or mask them before inference.")
@@ -248,7 +252,9 @@ class AdaptiveInferer(Inferer):
         if self.steps == 0:
             return episode
         use_test_statistics(episode.network)  # a continual episode left them in inference mode
-        sample = body_patches(volume, self.roi_size, self.patches_per_step, episode.rng, device, self.foreground_threshold)
+        sample = body_patches(
+            volume, self.roi_size, self.patches_per_step, episode.rng, device, self.foreground_threshold
+        )
         if self.guard is not None:
             heldout = sample()
             theta0 = [p.detach().clone() for p in episode.params]
@@ -282,7 +288,9 @@ class AdaptiveInferer(Inferer):
         episode.network.eval()
         report.volume_statistics_weight = weight
 
-    def infer_volume(self, batch: torch.Tensor, source: nn.Module, device: torch.device) -> tuple[torch.Tensor, VolumeReport]:
+    def infer_volume(
+        self, batch: torch.Tensor, source: nn.Module, device: torch.device
+    ) -> tuple[torch.Tensor, VolumeReport]:
         """Adapt to the single volume of ``batch`` (1, C, *spatial); return its logits and report."""
         volume = convert_to_tensor(batch[0], track_meta=False)  # MetaTensor ops are slow in the hot loop
         amp = self.amp and device.type == "cuda"  # bfloat16 autocast on CUDA only

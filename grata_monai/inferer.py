@@ -135,7 +135,8 @@ class GraTaInferer(AdaptiveInferer):
         if sync_ranks and self.episodic:
             raise ValueError("sync_ranks shares one continually adapted state: set episodic=False.")
         self.preset = preset
-        self.perturb_scale, self.weak_transforms, self.strong = s["perturb_scale"], tuple(s["weak_transforms"]), s["strong"]
+        self.perturb_scale, self.weak_transforms = s["perturb_scale"], tuple(s["weak_transforms"])
+        self.strong = s["strong"]
         self.strong_prob, self.temperature, self.batch_views = strong_prob, s["temperature"], batch_views
         self.align, self.dynamic_lr, self.sync_ranks = s["align"], s["dynamic_lr"], sync_ranks
         self._consistency(np.random.RandomState(0))  # fail early on unknown views or a bad temperature

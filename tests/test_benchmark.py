@@ -39,7 +39,7 @@ def data():
 
 def test_benchmark_command_end_to_end(data, tmp_path):
     out = tmp_path / "results.json"
-    cmd = [sys.executable, "-m", "grata_monai.bench.cli", "benchmark", "--data_dir", str(data), "--limit", "1",
+    cmd = [sys.executable, "-m", "grata_monai.cli", "benchmark", "--data_dir", str(data), "--limit", "1",
            "--methods", "source,grata", "--steps", "1", "--patches_per_step", "1", "--out", str(out), "--device", "cpu",
            "--bundle_dir", str(BUNDLE_DIR)]
     subprocess.run(cmd, check=True, capture_output=True)

@@ -72,7 +72,7 @@ def test_cli_cache(tmp_path):
     src.mkdir()
     _write_dataset(src, n=1)
     r = subprocess.run(
-        [sys.executable, "-m", "grata_monai.bench.cli", "cache", "--data_dir", str(src), "--out_dir", str(tmp_path / "c"),
+        [sys.executable, "-m", "grata_monai.cli", "cache", "--data_dir", str(src), "--out_dir", str(tmp_path / "c"),
          "--num_workers", "0", "--config_file", TRAIN],
         capture_output=True, text=True,
     )

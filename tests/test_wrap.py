@@ -243,7 +243,7 @@ def test_cli_refusal_exits_2_and_names_the_fix(tmp_path):
     config = zoo_config({**UNET, "norm": "instance"})  # MONAI's instance norm: affine=False
     bundle = make_bundle(tmp_path / "zoo", config)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-m", "grata_monai.bench.cli", "wrap", str(bundle)],
+    r = subprocess.run([sys.executable, "-m", "grata_monai.cli", "wrap", str(bundle)],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "nothing written" in r.stderr and "affine" in r.stderr, r.stderr[-2000:]
     assert not (bundle / "configs" / "grata.json").exists()

@@ -12,5 +12,5 @@ shift $(( $# > 2 ? 2 : $# ))
 mkdir -p "$OUT_DIR"
 python3 -m monai.bundle run --config_file bundle/configs/train.json --bundle_root bundle \
     --dataset_dir "$CACHE" --ckpt_dir "$OUT_DIR" "$@" 2>&1 | grep -v "Loading dataset" | tee "$OUT_DIR/train.log"
-python3 -m grata_monai.bench.cli source --data_dir "$CACHE" --bundle_dir bundle --ckpt "$OUT_DIR/model.pt" \
+python3 -m grata_monai.cli source --data_dir "$CACHE" --bundle_dir bundle --ckpt "$OUT_DIR/model.pt" \
     --splits "${SPLITS:-ct_val,mr_test}" --out "$OUT_DIR/source_eval.json" ${EVAL_EXTRA:-} 2>&1 | grep -v -i warn | tee "$OUT_DIR/eval.log"

@@ -22,7 +22,7 @@ from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 
 from grata_monai import defaults
-from grata_monai.bench.benchmark import load_bundle, prepare
+from grata_monai.bench.common import load_bundle, prepare
 from grata_monai.domain import histogram_distance
 from grata_monai.norms import batch_norm_layers, settle_batch_norm_statistics
 from grata_monai.sampling import windows

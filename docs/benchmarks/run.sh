@@ -9,11 +9,11 @@ DATA=${1:-../shared/data/abdomen}
 OUT=${2:-docs/benchmarks}
 mkdir -p "$OUT"
 export GRATA_BUNDLE_DIR=${GRATA_BUNDLE_DIR:-bundle}   # run from the repository root
-python -m grata_monai.bench.cli study --data_dir "$DATA" --out_dir "$OUT"
+python -m grata_monai.cli study --data_dir "$DATA" --out_dir "$OUT"
 IRCAD=${IRCAD:-../shared/data/ircad01/PATIENT_DICOM}   # the unlabelled third-center CT series, where present
 if [ -d "$IRCAD" ]; then
-  python -m grata_monai.bench.cli volumes --dataset_dir "$IRCAD" --out "$OUT/volumes_ircad01.json"
+  python -m grata_monai.cli volumes --dataset_dir "$IRCAD" --out "$OUT/volumes_ircad01.json"
 fi
 if python -c "import matplotlib" 2>/dev/null; then
-  python -m grata_monai.bench.cli report --bench_dir "$OUT" --md docs/benchmarks.md
+  python -m grata_monai.cli report --bench_dir "$OUT" --md docs/benchmarks.md
 fi

@@ -35,7 +35,7 @@ done
 wait
 i=0
 for name in $NAMES; do
-  CUDA_VISIBLE_DEVICES=$(( i % NGPU )) python3 -m grata_monai.bench.cli source --data_dir "$CACHE" --bundle_dir bundle \
+  CUDA_VISIBLE_DEVICES=$(( i % NGPU )) python3 -m grata_monai.cli source --data_dir "$CACHE" --bundle_dir bundle \
     --ckpt "$OUT/$name/model.pt" --splits ct_val,mr_test --out "$OUT/$name/source_eval.json" ${EVAL_EXTRA:-} \
     >"$OUT/$name/eval.log" 2>&1 &
   i=$(( i + 1 ))

@@ -11,16 +11,12 @@ per volume, with a warm-up pass first. The same pieces give the study that chose
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from monai.bundle import ConfigParser
-from monai.data import load_decathlon_datalist
 from monai.inferers import Inferer
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
@@ -29,61 +25,30 @@ from tqdm import tqdm
 from grata_monai import defaults
 from grata_monai.audit import reports_of
 from grata_monai.bench import paths
+from grata_monai.bench.common import (
+    bundle_config,
+    device_name,
+    git_revision,
+    load_bundle,
+    names,
+    out_path,
+    pick_device,
+    prepare,
+    sync,
+    write_json,
+)
 from grata_monai.bench.methods import METHODS, make_inferer
 from grata_monai.bundle.io import list_volumes
 
 __all__ = [
-    "load_bundle",
-    "prepare",
+    "BENCHMARK_SETTINGS",
     "evaluate",
+    "summarize",
     "run_benchmark",
     "run_source",
     "run_volumes",
     "run_reference",
 ]
-
-def _names(value: str | tuple) -> tuple:
-    """A comma-separated string (as from the command line) or a sequence, as a tuple of names."""
-    return tuple(v for v in value.split(",") if v) if isinstance(value, str) else tuple(value)
-
-
-def load_bundle(
-    bundle_dir: str | Path, device: torch.device, ckpt: str | Path | None = None
-) -> tuple[torch.nn.Module, Any, dict]:
-    """The bundle's network (with ``ckpt``, by default its ``models/model.pt``), labelled
-    preprocessing (``validate#preprocessing`` of ``train.json``) and settings."""
-    bundle_dir = Path(bundle_dir)
-    parser = ConfigParser()
-    parser.read_config(str(bundle_dir / "configs" / "train.json"))
-    parser["bundle_root"] = str(bundle_dir)
-    network = parser.get_parsed_content("network_def", instantiate=True)
-    state = torch.load(ckpt or bundle_dir / "models" / "model.pt", map_location="cpu", weights_only=True)
-    network.load_state_dict(state.get("model", state))
-    preprocessing = parser.get_parsed_content("validate#preprocessing", instantiate=True)
-    return network.to(device).eval(), preprocessing, {"roi_size": list(parser["roi_size"])}
-
-
-def prepare(data_dir: str | Path, key: str, preprocessing, limit: int | None = None) -> list[dict]:
-    """Load and preprocess the ``key`` split of ``data_dir/datalist.json`` (image, label, name, seconds)."""
-    items = load_decathlon_datalist(str(Path(data_dir) / "datalist.json"), True, key, base_dir=str(data_dir))
-    volumes = []
-    for item in tqdm(items[:limit], desc=f"load {key}", leave=False):
-        start = time.perf_counter()
-        data = preprocessing(dict(item))
-        volumes.append(
-            {
-                "name": Path(item["image"]).name.split(".")[0],
-                "image": torch.as_tensor(data["image"])[None],
-                "label": torch.as_tensor(data["label"])[None],
-                "preprocess_s": time.perf_counter() - start,
-            }
-        )
-    return volumes
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def evaluate(inferer: Inferer, network: torch.nn.Module, volumes: list[dict], device: torch.device) -> list[dict]:
@@ -94,12 +59,12 @@ def evaluate(inferer: Inferer, network: torch.nn.Module, volumes: list[dict], de
         image = vol["image"].to(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         with torch.no_grad():
             logits = inferer(image, network)
             pred = logits.argmax(1, keepdim=True)
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - start
         num_classes = logits.shape[1]
         label = vol["label"].to(device).long()
@@ -121,6 +86,22 @@ def evaluate(inferer: Inferer, network: torch.nn.Module, volumes: list[dict], de
     return rows
 
 
+# What every method of a benchmark shares unless the settings say otherwise: the bundle's (grata_monai.defaults).
+BENCHMARK_SETTINGS: dict[str, Any] = {
+    "sw_batch_size": defaults.SW_BATCH_SIZE,
+    "overlap": defaults.OVERLAP,
+    "steps": defaults.STEPS,
+    "patches_per_step": defaults.PATCHES_PER_STEP,
+    "lr0": defaults.LR0,
+    "episodic": defaults.EPISODIC,
+    "amp": defaults.AMP,
+    "seed": defaults.SEED,
+    "perturb_scale": defaults.PERTURB_SCALE,
+    "weak_transforms": defaults.WEAK_TRANSFORMS,
+    "batch_views": defaults.BATCH_VIEWS,
+}
+
+
 def summarize(rows: list[dict]) -> dict:
     """Mean Dice per class (NaN-aware), mean over classes, and mean times."""
     per_class = torch.tensor([r["dice"] for r in rows])
@@ -136,20 +117,6 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
-def _git_revision() -> str:
-    if os.environ.get("GRATA_GIT_REVISION"):  # set where the tree travels without .git (GPU host)
-        return os.environ["GRATA_GIT_REVISION"]
-    try:
-        here = Path(__file__).parent  # the revision of this code, when it is a git checkout
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'cpu'})"
-
-
 def run_benchmark(
     data_dir: str | None = None,
     key: str = "mr_test",
@@ -158,17 +125,7 @@ def run_benchmark(
     methods: str | tuple = tuple(METHODS),
     limit: int | None = None,
     device: str | None = None,
-    sw_batch_size: int = defaults.SW_BATCH_SIZE,
-    overlap: float = defaults.OVERLAP,
-    steps: int = defaults.STEPS,
-    patches_per_step: int = defaults.PATCHES_PER_STEP,
-    lr0: float = defaults.LR0,
-    episodic: bool = defaults.EPISODIC,
-    perturb_scale: float = defaults.PERTURB_SCALE,
-    weak_transforms: str | tuple = defaults.WEAK_TRANSFORMS,
-    amp: bool = defaults.AMP,
-    batch_views: bool = defaults.BATCH_VIEWS,
-    seed: int = defaults.SEED,
+    settings: Mapping[str, Any] | None = None,
 ) -> dict:
     """Run ``methods`` on the ``key`` split of ``data_dir`` and write a results JSON to ``out``.
 
@@ -182,37 +139,37 @@ def run_benchmark(
         methods: comma-separated or tuple of names from ``METHODS``.
         limit: only the first ``limit`` volumes.
         device: ``"cuda"``/``"cpu"``; CUDA when available by default.
-        sw_batch_size, overlap: sliding-window settings of every method.
-        steps, patches_per_step, lr0, episodic, perturb_scale, weak_transforms, amp, batch_views, seed:
-            adaptation settings shared by the adaptive methods (defaults: ``grata_monai.defaults``).
+        settings: settings shared by the methods, each taking those it has (:mod:`grata_monai.bench.methods`),
+            over ``BENCHMARK_SETTINGS`` and the bundle's ``roi_size``; ``weak_transforms`` may be comma-separated.
+
+    Raises:
+        ValueError: an unknown method, or a setting that no method takes (before any data is loaded).
     """
-    out = _out(out)
+    out = out_path(out)
     data_dir = paths.data_dir(data_dir)
-    dev = _device(device)
+    dev = pick_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    methods = _names(methods)
-    weak_transforms = _names(weak_transforms)
     network, preprocessing, bundle = load_bundle(paths.bundle_dir(bundle_dir), dev)
+    settings = {**bundle, **BENCHMARK_SETTINGS, **(settings or {})}
+    settings["weak_transforms"] = names(settings["weak_transforms"])
+    inferers = {method: make_inferer(method, settings) for method in names(methods)}
     volumes = prepare(data_dir, key, preprocessing, limit)
-    adapt = {"steps": steps, "patches_per_step": patches_per_step, "lr0": lr0, "episodic": episodic, "amp": amp}
-    adapt |= {"seed": seed, "perturb_scale": perturb_scale, "weak_transforms": weak_transforms, "batch_views": batch_views}
     results = {
         "device": device_name(dev),
-        "git_revision": _git_revision(),
+        "git_revision": git_revision(),
         "data": {"data_dir": str(data_dir), "key": key, "volumes": [v["name"] for v in volumes]},
-        "settings": {"sw_batch_size": sw_batch_size, "overlap": overlap, **bundle, **adapt},
+        "settings": settings,
         "methods": {},
     }
-    for method in tqdm(methods, desc="methods"):
-        inferer = make_inferer(method, {"roi_size": bundle["roi_size"], "sw_batch_size": sw_batch_size, "overlap": overlap, **adapt})
+    for method, inferer in tqdm(inferers.items(), desc="methods"):
         evaluate(inferer, network, volumes[:1], dev)  # warm-up (cudnn autotuning, allocator)
         if hasattr(inferer, "reset"):
             inferer.reset()
         rows = evaluate(inferer, network, volumes, dev)
-        settings = inferer.settings() if hasattr(inferer, "settings") else {"method": "source"}
-        results["methods"][method] = {"summary": summarize(rows), "settings": settings, "volumes": rows}
-    _write(out, results)
+        recorded = inferer.settings() if hasattr(inferer, "settings") else {"method": "source"}
+        results["methods"][method] = {"summary": summarize(rows), "settings": recorded, "volumes": rows}
+    write_json(out, results)
     return results
 
 
@@ -237,14 +194,15 @@ def run_source(
         sw_batch_size: sliding-window batch.
         amp: bfloat16 autocast of the per-volume statistics on CUDA.
     """
-    out = _out(out)
+    out = out_path(out)
     data_dir = paths.data_dir(data_dir)
-    dev = _device(device)
+    dev = pick_device(device)
     network, preprocessing, bundle = load_bundle(paths.bundle_dir(bundle_dir), dev, ckpt)
     running = make_inferer("source", {"roi_size": bundle["roi_size"], "sw_batch_size": sw_batch_size})
-    per_volume = make_inferer("norm_stats", {"roi_size": bundle["roi_size"], "sw_batch_size": sw_batch_size, "amp": amp})
-    results: dict = {"ckpt": str(ckpt or "bundle"), "device": device_name(dev), "git_revision": _git_revision()}
-    for split in _names(splits):
+    per_volume = make_inferer("norm_stats", {"roi_size": bundle["roi_size"], "sw_batch_size": sw_batch_size,
+                                              "amp": amp})
+    results: dict = {"ckpt": str(ckpt or "bundle"), "device": device_name(dev), "git_revision": git_revision()}
+    for split in names(splits):
         volumes = prepare(data_dir, split, preprocessing, limit)
         rows = {"running": evaluate(running, network, volumes, dev), "per_volume": evaluate(per_volume, network, volumes, dev)}
         results[split] = {mode: {"summary": summarize(r), "volumes": r} for mode, r in rows.items()}
@@ -252,7 +210,7 @@ def run_source(
         for mode, entry in results[split].items():
             s = entry["summary"]
             print(f"| {mode} | {100 * s['dice_mean']:.1f} | " + " | ".join(f"{100 * d:.1f}" for d in s["dice_per_class"]) + " |")
-    _write(out, results)
+    write_json(out, results)
     return results
 
 
@@ -272,24 +230,24 @@ def run_volumes(
     ``dataset_dir`` defaults to ``$GRATA_DATA_DIR/ircad01/PATIENT_DICOM``. The method ``bundle`` is
     the bundle's own ``inferer`` as its ``inference.json`` builds it (the shipped default).
     """
-    out = _out(out)
+    out = out_path(out)
     dataset_dir = paths.data_dir(dataset_dir, "ircad01/PATIENT_DICOM")
     bundle_dir = paths.bundle_dir(bundle_dir)
-    dev = _device(device)
-    methods = _names(methods)
+    dev = pick_device(device)
+    methods = names(methods)
     network, _, bundle = load_bundle(bundle_dir, dev)
-    parser = ConfigParser()
-    parser.read_config(str(bundle_dir / "configs" / "inference.json"))
+    parser = bundle_config(bundle_dir)
     preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
     labels = parser.get_parsed_content("num_classes")
-    result = {"device": device_name(dev), "git_revision": _git_revision(), "dataset_dir": str(dataset_dir), "volumes": {}}
+    result = {"device": device_name(dev), "git_revision": git_revision(), "dataset_dir": str(dataset_dir), "volumes": {}}
     for item in list_volumes(dataset_dir):
         image = preprocessing(dict(item))["image"]
         voxel_ml = float(torch.prod(torch.as_tensor(image.pixdim[:3]))) / 1000.0
         rows = {}
         for method in tqdm(methods, desc=Path(item["image"]).name):
             bundled = method == "bundle"
-            inferer = parser.get_parsed_content("inferer") if bundled else make_inferer(method, {"roi_size": bundle["roi_size"], "amp": amp})
+            settings = {"roi_size": bundle["roi_size"], "amp": amp}
+            inferer = parser.get_parsed_content("inferer") if bundled else make_inferer(method, settings)
             start = time.perf_counter()
             with torch.no_grad():
                 logits = inferer(torch.as_tensor(image)[None].to(dev), network)
@@ -300,23 +258,8 @@ def run_volumes(
             rows[method]["volume_statistics_weight"] = report.get("volume_statistics_weight")
             rows[method]["domain_distance"] = report.get("domain_distance")
         result["volumes"][Path(item["image"]).name] = rows
-    _write(out, result)
+    write_json(out, result)
     return result
-
-
-def _device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def _out(out: str | None) -> Path:
-    if not out:
-        raise ValueError("pass --out <file.json>: where to write this command's results.")
-    return Path(out)
-
-
-def _write(out: Path, result: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
 
 
 def run_reference(data_dir: str | None = None, key: str = "ct_train", bundle_dir: str | None = None, out: str | None = None) -> list[float]:
@@ -329,6 +272,6 @@ def run_reference(data_dir: str | None = None, key: str = "ct_train", bundle_dir
     volumes = prepare(paths.data_dir(data_dir), key, preprocessing)
     reference = reference_histogram([v["image"] for v in volumes])
     if out:
-        _write(Path(out), {"key": key, "volumes": [v["name"] for v in volumes], "reference_histogram": reference})
+        write_json(Path(out), {"key": key, "volumes": [v["name"] for v in volumes], "reference_histogram": reference})
     print(json.dumps(reference))
     return reference

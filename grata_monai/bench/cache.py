@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from grata_monai.bench import paths
+from grata_monai.bench.common import read_config
 
 __all__ = ["build_cache"]
 
@@ -78,7 +79,6 @@ def build_cache(
     Returns:
         The path of the cache's ``datalist.json``.
     """
-    from monai.bundle import ConfigParser
     from monai.data import Dataset
     from torch.utils.data import DataLoader
 
@@ -92,9 +92,7 @@ def build_cache(
         raise FileNotFoundError(f"bundle config '{config_file}' not found: pass --config_file <bundle>/configs/train.json.")
     with open(data_dir_p / datalist) as f:
         spec = json.load(f)
-    parser = ConfigParser()
-    parser.read_config(config_file)
-    parser["dataset_dir"] = str(data_dir_p)
+    parser = read_config(config_file, dataset_dir=str(data_dir_p))
     transform = parser.get_parsed_content(preprocessing_id)
 
     out_spec = {k: v for k, v in spec.items() if not isinstance(v, list)}

@@ -20,21 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.bundle import ConfigParser
 from tqdm import tqdm
 
 from grata_monai import defaults
 from grata_monai.bench import paths
-from grata_monai.bench.benchmark import (
-    _device,
-    _git_revision,
-    _names,
-    device_name,
-    evaluate,
-    load_bundle,
-    prepare,
-    summarize,
-)
+from grata_monai.bench.benchmark import evaluate, summarize
+from grata_monai.bench.common import bundle_config, device_name, git_revision, load_bundle, names, pick_device, prepare
 from grata_monai.bench.methods import make_inferer
 
 __all__ = ["BASELINES", "VARIANTS", "make", "choose", "run_study", "write_results", "write_study_md", "plot_study"]
@@ -207,12 +198,6 @@ def plot_study(study: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
-def _reference_histogram(bundle: Path) -> list[float] | None:
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    return parser.get("reference_histogram")
-
-
 def run_study(
     data_dir: str | None = None,
     bundle_dir: str | None = None,
@@ -232,15 +217,15 @@ def run_study(
         limit: only the first ``limit`` volumes of each split.
         device: ``"cuda"`` / ``"cpu"``; CUDA when available by default.
     """
-    dev = _device(device)
+    dev = pick_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     bundle = paths.bundle_dir(bundle_dir)
     network, preprocessing, _ = load_bundle(bundle, dev)
-    reference = _reference_histogram(bundle)
+    reference = bundle_config(bundle).get("reference_histogram")
     data = paths.data_dir(data_dir)
     volumes = {split: prepare(data, split, preprocessing, limit) for split in SPLITS}
-    chosen_variants = _names(variants) if variants else tuple(VARIANTS)
+    chosen_variants = names(variants) if variants else tuple(VARIANTS)
     unknown = set(chosen_variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"Unknown variants {sorted(unknown)}; choose from {sorted(VARIANTS)}.")
@@ -257,7 +242,7 @@ def run_study(
     tent = max((n for n in rows if n.startswith("tent")), key=lambda n: _mean(rows[n], "mr_test"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"device": device_name(dev), "git_revision": _git_revision(), "data": {"data_dir": str(data)}}
+    meta = {"device": device_name(dev), "git_revision": git_revision(), "data": {"data_dir": str(data)}}
     study = {
         **meta,
         "bundle": str(bundle),

@@ -307,8 +307,20 @@ def wrap_command(
     copy_to: str | None = None,
     **settings: Any,
 ) -> None:
-    """``grata-monai wrap BUNDLE_DIR [--out FILE] [--overwrite] [--copy_to DIR] [--roi_size R] [--steps N ...]``:
-    print what was written and the command to run it, or why nothing was (exit status 2). See :func:`wrap`."""
+    """GraTa for any MONAI bundle: write a config overlay (the bundle's files stay untouched) and print the
+    ``monai.bundle run`` command, or say why GraTa cannot work there (exit status 2). See :func:`wrap`.
+
+    Args:
+        bundle_dir: the bundle folder (``configs/``, ``models/``).
+        out: the overlay file; default ``<bundle_dir>/configs/grata.json``.
+        overwrite: replace an existing overlay.
+        config_file: the bundle config(s) the overlay goes after, relative to ``bundle_dir``.
+        roi_size: sliding-window size replacing the bundle's, e.g. ``"[96,96,96]"``.
+        copy_to: instead of an overlay, a new folder: a copy of the bundle with one merged
+            ``configs/inference.json`` (for MONAI Label and MONAI Deploy).
+        settings: GraTaInferer settings as flags, e.g. ``--steps 2 --lr0 0.001 --norm_stats source``
+            (the defaults are ``grata_monai.bundle.wrap.SETTINGS``).
+    """
     try:
         print(wrap(bundle_dir, out, overwrite, config_file, roi_size, copy_to, **settings).message())
     except WrapError as e:
