@@ -28,13 +28,12 @@ __all__ = [
     "soft_pseudo_label",
     "sharpen",
     "invariant_augmentation",
+    "PaperStrongView",
+    "InvariantStrongView",
     "ConsistencyLoss",
 ]
 
 EPS = 1e-6
-# "paper": GraTa's brightness/contrast/gamma/noise/blur; "invariant": the intensity remaps the source
-# model was trained to be invariant to (GIN, gamma, bias field, blur, noise; see augment.py).
-STRONG_VIEWS = ("paper", "invariant")
 
 
 def probabilities(logits: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
@@ -103,6 +102,43 @@ def invariant_augmentation(prob: float = 0.5) -> GPUAugment:
     )
 
 
+class PaperStrongView:
+    """GraTa's strong view: MONAI's random brightness/contrast/gamma/noise/blur, per image of the batch."""
+
+    def __init__(self, prob: float = 0.5) -> None:
+        self.augment = strong_augmentation(prob)
+
+    def set_random_state(self, state: np.random.RandomState) -> None:
+        """Draw the augmentation's randomness from ``state``."""
+        self.augment.set_random_state(state=state)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return augment_each(self.augment, x)
+
+
+class InvariantStrongView:
+    """The intensity remaps the source model was trained to be invariant to (:func:`invariant_augmentation`),
+    batched on the device with one seeded generator per device."""
+
+    def __init__(self, prob: float = 0.5) -> None:
+        self.augment = invariant_augmentation(prob)
+        self._seed, self._generators = 0, {}
+
+    def set_random_state(self, state: np.random.RandomState) -> None:
+        """Seed the augmentation from ``state``."""
+        self._seed, self._generators = int(state.randint(2**31)), {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device not in self._generators:
+            g = torch.Generator(device=x.device).manual_seed(self._seed)
+            self._generators[x.device] = (g, random.Random(self._seed))
+        return self.augment(x, None, *self._generators[x.device]).to(x.dtype)
+
+
+# The strong views of the consistency loss, by name (GraTaInferer's ``strong``).
+STRONG_VIEWS = {"paper": PaperStrongView, "invariant": InvariantStrongView}
+
+
 class ConsistencyLoss:
     """Pseudo loss L_pse: cross-entropy of the strongly augmented input against the soft pseudo-label.
 
@@ -130,30 +166,17 @@ class ConsistencyLoss:
         if unknown:
             raise ValueError(f"Unknown weak transforms {sorted(unknown)}; choose from {WEAK_VIEWS}.")
         if strong not in STRONG_VIEWS:
-            raise ValueError(f"Unknown strong view {strong!r}; choose from {STRONG_VIEWS}.")
+            raise ValueError(f"Unknown strong view {strong!r}; choose from {tuple(STRONG_VIEWS)}.")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         self.weak, self.sigmoid, self.batch_views = tuple(weak), sigmoid, batch_views
         self.temperature = temperature
-        self.augment = strong_augmentation(prob) if strong == "paper" else invariant_augmentation(prob)
+        self.strong = STRONG_VIEWS[strong](prob)
         self.set_random_state(np.random.RandomState(seed))
 
     def set_random_state(self, state: np.random.RandomState) -> None:
-        """Draw the strong augmentation's randomness from ``state``."""
-        if isinstance(self.augment, GPUAugment):
-            self._seed = int(state.randint(2**31))
-            self._generators: dict = {}
-        else:
-            self.augment.set_random_state(state=state)
-
-    def strong(self, x: torch.Tensor) -> torch.Tensor:
-        """Strongly augment each image of the batch independently."""
-        if not isinstance(self.augment, GPUAugment):
-            return augment_each(self.augment, x)
-        if x.device not in self._generators:
-            g = torch.Generator(device=x.device).manual_seed(self._seed)
-            self._generators[x.device] = (g, random.Random(self._seed))
-        return self.augment(x, None, *self._generators[x.device]).to(x.dtype)
+        """Draw the strong view's randomness from ``state``."""
+        self.strong.set_random_state(state)
 
     def __call__(self, network: nn.Module, x: torch.Tensor) -> torch.Tensor:
         target = soft_pseudo_label(network, x, self.weak, self.sigmoid, self.batch_views)

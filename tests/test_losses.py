@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from grata_monai.losses import ConsistencyLoss, EntropyLoss, entropy, soft_pseudo_label
+from grata_monai.losses import STRONG_VIEWS, ConsistencyLoss, EntropyLoss, entropy, soft_pseudo_label
 from grata_monai.views import weak_transform
 
 
@@ -68,3 +69,13 @@ def test_batched_views_equal_separate_views_without_batch_statistics():
     batched = soft_pseudo_label(net, x, batch_views=True)
     torch.testing.assert_close(batched, separate, rtol=1e-5, atol=1e-6)
     assert ConsistencyLoss(batch_views=True).batch_views
+
+
+@pytest.mark.parametrize("name", sorted(STRONG_VIEWS))
+def test_each_strong_view_is_seeded_by_the_loss(name):
+    x = torch.rand(2, 1, 12, 12, 8, generator=torch.Generator().manual_seed(0))
+    a, b = (ConsistencyLoss(("flip1",), strong=name, seed=3, prob=1.0) for _ in range(2))
+    assert isinstance(a.strong, STRONG_VIEWS[name])
+    torch.testing.assert_close(a.strong(x), b.strong(x))
+    a.set_random_state(np.random.RandomState(4))
+    assert not torch.equal(a.strong(x), b.strong(x))

@@ -4,7 +4,7 @@ The bundle's deterministic preprocessing (load, orientation, spacing, percentile
 runs once per volume and is cached (``CacheDataset``); :class:`GPUPatchSampler` then keeps all
 training volumes on the device and yields whole training batches — crops centred on a random organ
 voxel (each present organ equally likely) or anywhere, drawn with a random rotation and scaling by
-one ``grid_sample`` per volume, then :class:`~grata_monai.bundle.augment.GPUAugment` — with no
+one ``grid_sample`` per volume, then :class:`~grata_monai.augment.GPUAugment` — with no
 per-crop Python transforms and no host round trips. :class:`TrainingLog` records the loss and
 validation curves for ``docs/benchmarks/training.md``.
 """
