@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.inferers import Inferer
 from monai.metrics import DiceMetric
@@ -262,16 +263,23 @@ def run_volumes(
     return result
 
 
-def run_reference(data_dir: str | None = None, key: str = "ct_train", bundle_dir: str | None = None, out: str | None = None) -> list[float]:
-    """The source training data's intensity histogram (``grata_monai.domain``) after the bundle's
-    preprocessing, for ``norm_stats="auto"``: written to ``out`` (JSON) and printed, to paste into
-    the bundle's ``inference.json`` as ``reference_histogram``."""
+def run_reference(data_dir: str | None = None, key: str = "ct_train", bundle_dir: str | None = None, out: str | None = None) -> dict:
+    """What the bundle's inference needs to know of its source training data, after the bundle's
+    preprocessing: the intensity histogram (``grata_monai.domain``, for ``norm_stats="auto"``) and the
+    organ layout (``grata_monai.postprocess``, for the post-processing). Written to ``out`` (JSON) and
+    printed, to paste into the bundle's ``inference.json`` as ``reference_histogram`` and ``organ_layout``."""
     from grata_monai.domain import reference_histogram
+    from grata_monai.postprocess import fit_layout
 
     _, preprocessing, _ = load_bundle(paths.bundle_dir(bundle_dir), torch.device("cpu"))
     volumes = prepare(paths.data_dir(data_dir), key, preprocessing)
-    reference = reference_histogram([v["image"] for v in volumes])
+    organs = sorted({int(v) for vol in volumes for v in torch.unique(vol["label"]).tolist()} - {0})
+    labels = [(vol["label"][0, 0].numpy(), np.asarray(vol["label"].affine)) for vol in volumes]
+    reference = {
+        "reference_histogram": reference_histogram([v["image"] for v in volumes]),
+        "organ_layout": fit_layout(labels, organs).to_dict(),
+    }
     if out:
-        write_json(Path(out), {"key": key, "volumes": [v["name"] for v in volumes], "reference_histogram": reference})
+        write_json(Path(out), {"key": key, "volumes": [v["name"] for v in volumes], **reference})
     print(json.dumps(reference))
     return reference
