@@ -30,18 +30,22 @@ from torch import nn
 from grata_monai import defaults
 from grata_monai.alignment import StepRecord
 from grata_monai.audit import VolumeReport, attach_reports, checksum
-from grata_monai.domain import histogram_distance, volume_weight
+from grata_monai.domain import foreground_entropy, histogram_distance, volume_weight
 from grata_monai.guard import DivergenceGuard, measure
 from grata_monai.norms import (
     PARAM_SCOPES,
+    batch_norm_statistics,
     blend_batch_norm_statistics,
     configure_model,
+    load_batch_norm_statistics,
     settle_batch_norm_statistics,
     use_test_statistics,
 )
 from grata_monai.sampling import body_patches, windows
 
-__all__ = ["Episode", "AdaptiveInferer", "unwrap_network", "check_inputs"]
+__all__ = ["NORM_STATS", "AdaptiveInferer", "Episode", "check_inputs", "unwrap_network"]
+
+NORM_STATS = ("volume", "source", "auto", "entropy")  # how the inference statistics are chosen (see AdaptiveInferer)
 
 
 def unwrap_network(network: Any) -> nn.Module:
@@ -120,7 +124,12 @@ class AdaptiveInferer(Inferer):
             windows) so outputs do not depend on ``sw_batch_size``; ``"source"`` keeps the source
             model's running statistics at inference; ``"auto"`` blends the two by the volume's
             distance from the source domain (:mod:`grata_monai.domain`): the source's for
-            in-domain volumes, the volume's for shifted ones (docs/reliability.md).
+            in-domain volumes, the volume's for shifted ones (docs/reliability.md); ``"entropy"``
+            predicts with each blend weight of ``statistics_candidates`` and keeps the prediction
+            with the lowest foreground entropy (:func:`grata_monai.domain.foreground_entropy`; the
+            bundle's rule: it needs no source data).
+        statistics_candidates: the blend weights of the volume's own statistics that ``"entropy"``
+            tries (0: the source's, 1: the volume's).
         reference_histogram: the source training data's intensity histogram
             (``grata-monai reference``), needed by ``"auto"``.
         blend_range: the histogram distances where ``"auto"`` starts and ends blending.
@@ -156,6 +165,7 @@ class AdaptiveInferer(Inferer):
         sigmoid: bool = False,
         foreground_threshold: float = 0.1,
         norm_stats: str = "volume",
+        statistics_candidates: Sequence[float] = defaults.STATISTICS_CANDIDATES,
         reference_histogram: Sequence[float] | None = None,
         blend_range: Sequence[float] = defaults.BLEND_RANGE,
         adapt_params: str = "norm",
@@ -176,8 +186,10 @@ class AdaptiveInferer(Inferer):
         super().__init__()
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}.")
-        if norm_stats not in ("volume", "source", "auto"):
-            raise ValueError(f"norm_stats must be 'volume', 'source' or 'auto', got {norm_stats!r}.")
+        if norm_stats not in NORM_STATS:
+            raise ValueError(f"norm_stats must be one of {NORM_STATS}, got {norm_stats!r}.")
+        if not statistics_candidates or any(not 0 <= w <= 1 for w in statistics_candidates):
+            raise ValueError(f"statistics_candidates must be weights in [0, 1], got {statistics_candidates}.")
         if norm_stats == "auto" and not reference_histogram:
             raise ValueError("norm_stats='auto' needs reference_histogram: the source data's (grata-monai reference).")
         if not 0 <= blend_range[0] < blend_range[1]:
@@ -200,6 +212,7 @@ class AdaptiveInferer(Inferer):
         self.sigmoid, self.foreground_threshold, self.norm_stats = sigmoid, foreground_threshold, norm_stats
         self.adapt_params, self.blend_range = adapt_params, (float(blend_range[0]), float(blend_range[1]))
         self.reference_histogram = [float(v) for v in reference_histogram] if reference_histogram else None
+        self.statistics_candidates = tuple(float(w) for w in statistics_candidates)
         self.guard = guard if isinstance(guard, DivergenceGuard) else DivergenceGuard() if guard else None
         self._episode: Episode | None = None  # the continual state
         self._lock = threading.Lock()
@@ -234,7 +247,7 @@ class AdaptiveInferer(Inferer):
     def settings(self) -> dict:
         """The method's settings, for reports."""
         keys = ("roi_size", "steps", "patches_per_step", "lr0", "optimizer", "episodic", "amp", "seed", "norm_stats")
-        keys += ("adapt_params", "sigmoid", "blend_range")
+        keys += ("adapt_params", "sigmoid", "blend_range", "statistics_candidates")
         return {"method": self.method, **{k: getattr(self, k) for k in keys}, "guard": self.guard is not None}
 
     # --- one volume -----------------------------------------------------------------------------
@@ -288,6 +301,25 @@ class AdaptiveInferer(Inferer):
         episode.network.eval()
         report.volume_statistics_weight = weight
 
+    def least_uncertain(
+        self, episode: Episode, batch: torch.Tensor, volume: torch.Tensor, device: torch.device, report: VolumeReport
+    ) -> torch.Tensor:
+        """``norm_stats="entropy"``: the logits of the blend of ``statistics_candidates`` with the lowest
+        foreground entropy; every candidate's entropy and the weight kept go into ``report``."""
+        settle_batch_norm_statistics(episode.network, windows(volume, self.roi_size, device))
+        own = batch_norm_statistics(episode.network)
+        best, report.statistics_entropy = None, {}
+        for weight in self.statistics_candidates:
+            load_batch_norm_statistics(episode.network, own)
+            blend_batch_norm_statistics(episode.network, episode.source, weight)
+            logits = self.sliding(batch, episode.network)
+            entropy = foreground_entropy(logits, self.sigmoid)
+            report.statistics_entropy[f"{weight:g}"] = entropy
+            if best is None or entropy < best[0]:
+                best = (entropy, weight, logits)
+        report.volume_statistics_weight = best[1]
+        return best[2]
+
     def infer_volume(
         self, batch: torch.Tensor, source: nn.Module, device: torch.device
     ) -> tuple[torch.Tensor, VolumeReport]:
@@ -304,8 +336,11 @@ class AdaptiveInferer(Inferer):
             episode = self.adapt(episode, volume, device, report)
         report.adapt_seconds = _seconds_since(start, device)
         with torch.no_grad(), autocast:
-            self.settle(episode, volume, device, report)
-            logits = self.sliding(batch, episode.network)
+            if self.norm_stats == "entropy":
+                logits = self.least_uncertain(episode, batch, volume, device, report)
+            else:
+                self.settle(episode, volume, device, report)
+                logits = self.sliding(batch, episode.network)
         report.total_seconds = _seconds_since(start, device)
         return logits, report
 

@@ -32,6 +32,7 @@ class VolumeReport:
     guard: str | None = None
     volume_statistics_weight: float | None = None  # 1: the volume's normalization statistics, 0: the source's
     domain_distance: float | None = None  # norm_stats="auto": intensity-histogram distance to the source data
+    statistics_entropy: dict | None = None  # norm_stats="entropy": foreground entropy of each candidate weight
     adapt_seconds: float = 0.0
     total_seconds: float = 0.0
     device: str = ""

@@ -2,7 +2,7 @@
 
 User commands: ``segment`` (the bundle's inference on a folder or one file), ``wrap`` (GraTa for
 any MONAI bundle) and ``dice``. Project tooling (``grata_monai.bench``): ``cache``, ``benchmark``,
-``source``, ``study``, ``reference``, ``volumes``, ``report``. Each command's ``--help`` shows its
+``source``, ``study``, ``reference``, ``volumes``, ``report``, ``candidates``, ``directions``. Each command's ``--help`` shows its
 docstring as plain text.
 """
 
@@ -21,7 +21,9 @@ from grata_monai.bench import paths
 from grata_monai.bench.benchmark import run_benchmark, run_reference, run_source, run_volumes
 from grata_monai.bench.methods import METHODS
 from grata_monai.bench.cache import build_cache
+from grata_monai.bench.candidates import run_candidates
 from grata_monai.bench.dice import print_dice
+from grata_monai.bench.directions import write_directions
 from grata_monai.bench.report import write_report
 from grata_monai.bench.study import run_study
 from grata_monai.bundle.wrap import wrap_command
@@ -122,6 +124,8 @@ COMMANDS = {
     "reference": command(run_reference, quiet=True),
     "volumes": command(run_volumes, quiet=True),
     "report": command(write_report, quiet=True),
+    "candidates": command(run_candidates, quiet=True),
+    "directions": command(write_directions, quiet=True),
 }
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "PRESETS",
     "BLEND_RANGE",
     "BUNDLE_NORM_STATS",
+    "STATISTICS_CANDIDATES",
     "HISTOGRAM_BINS",
     "BODY_FLOOR",
 ]
@@ -46,9 +47,12 @@ ORGANS = ("liver", "right kidney", "left kidney", "spleen")  # output channels 1
 # data where blending from the source's statistics (below) to the volume's (above) happens, chosen
 # between the training CT (0.17-0.43) and most dev MR volumes (0.47-0.78): docs/reliability.md.
 BLEND_RANGE = (0.45, 0.55)
-# The bundle blends its statistics by that rule (the study's winner: docs/benchmarks/study.md); the
-# library's default stays "volume", because "auto" needs the source data's reference histogram.
-BUNDLE_NORM_STATS = "auto"
+# The bundle's statistics rule, norm_stats="entropy" (grata_monai.domain.foreground_entropy): predict with
+# each of these weights of the volume's own statistics (0: the source's, 1: the volume's) and keep the
+# least uncertain prediction. Chosen on the CT model's dev volumes, held out on MR-trained models
+# (docs/benchmarks/study.md); it needs no source data, so it holds for any source model.
+BUNDLE_NORM_STATS = "entropy"
+STATISTICS_CANDIDATES = (0.0, 0.5, 1.0)
 HISTOGRAM_BINS = 32
 BODY_FLOOR = 0.05  # intensities above it (after the bundle's [0, 1] scaling) count as body
 

@@ -6,6 +6,12 @@ to the mean histogram of the source training volumes (``reference``) is 0.17-0.4
 training center and 0.31-0.78 for the CHAOS MR volumes (docs/reliability.md). The per-volume
 normalization statistics that help on a new domain cost Dice in-domain, so the inferers blend the
 source's running statistics and the volume's with :func:`volume_weight` of that distance.
+
+That rule only fits a model whose training data the histogram describes. The bundle's rule
+(``norm_stats="entropy"``) needs no source data: it predicts the volume with a few blends of the two
+sets of statistics and keeps the one whose organs the network segments most confidently, the lowest
+:func:`foreground_entropy` (chosen on the CT model's dev volumes, held out on an MR-trained model's CT
+volumes: docs/benchmarks/study.md).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import torch
 
 from grata_monai import defaults
 
-__all__ = ["intensity_histogram", "histogram_distance", "volume_weight", "reference_histogram"]
+__all__ = ["foreground_entropy", "histogram_distance", "intensity_histogram", "reference_histogram", "volume_weight"]
 
 
 def intensity_histogram(volume: torch.Tensor, bins: int = defaults.HISTOGRAM_BINS, floor: float = defaults.BODY_FLOOR) -> torch.Tensor:
@@ -47,3 +53,23 @@ def reference_histogram(volumes: Sequence[torch.Tensor], bins: int = defaults.HI
         raise ValueError("need at least one source training volume to build the reference histogram.")
     mean = torch.stack([intensity_histogram(v, bins) for v in volumes]).mean(0)
     return [round(float(v), 6) for v in mean]
+
+
+def foreground_entropy(logits: torch.Tensor, sigmoid: bool = False) -> float:
+    """Mean prediction entropy over the voxels predicted as foreground.
+
+    Args:
+        logits: network output (1, C, *spatial).
+        sigmoid: multi-label outputs (foreground: any channel above 0.5) instead of softmax classes
+            (foreground: argmax not 0).
+    """
+    x = logits.detach().float()
+    if sigmoid:
+        p = torch.sigmoid(x)
+        entropy = -(p * p.clamp_min(1e-6).log() + (1 - p) * (1 - p).clamp_min(1e-6).log()).sum(1)
+        foreground = (p > 0.5).any(1)
+    else:
+        p = torch.softmax(x, 1)
+        entropy = -(p * p.clamp_min(1e-6).log()).sum(1)
+        foreground = p.argmax(1) > 0
+    return float(entropy[foreground].mean()) if foreground.any() else float("inf")

@@ -13,16 +13,18 @@ from torch import nn
 
 __all__ = [
     "NORM_TYPES",
-    "norm_type",
-    "find_norm_layers",
-    "configure_model",
-    "use_test_statistics",
-    "collect_params",
-    "settle_batch_norm_statistics",
     "PARAM_SCOPES",
-    "head_params",
     "batch_norm_layers",
+    "batch_norm_statistics",
     "blend_batch_norm_statistics",
+    "collect_params",
+    "configure_model",
+    "find_norm_layers",
+    "head_params",
+    "load_batch_norm_statistics",
+    "norm_type",
+    "settle_batch_norm_statistics",
+    "use_test_statistics",
 ]
 
 PARAM_SCOPES = ("norm", "norm+head", "all")
@@ -164,6 +166,19 @@ def settle_batch_norm_statistics(network: nn.Module, batches: Iterable[torch.Ten
 def batch_norm_layers(network: nn.Module) -> list[nn.Module]:
     """The BatchNorm layers (eager or scripted) that keep running statistics."""
     return [m for _, m in network.named_modules() if _is_batch_norm(m) and m.running_mean is not None]
+
+
+def batch_norm_statistics(network: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A copy of every BatchNorm layer's running (mean, var), to restore with :func:`load_batch_norm_statistics`."""
+    return [(m.running_mean.clone(), m.running_var.clone()) for m in batch_norm_layers(network)]
+
+
+@torch.no_grad()
+def load_batch_norm_statistics(network: nn.Module, statistics: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Put back the running statistics saved by :func:`batch_norm_statistics`."""
+    for m, (mean, var) in zip(batch_norm_layers(network), statistics, strict=True):
+        m.running_mean.copy_(mean)
+        m.running_var.copy_(var)
 
 
 @torch.no_grad()

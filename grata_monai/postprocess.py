@@ -91,14 +91,15 @@ def fit_layout(labels: Sequence[tuple[np.ndarray, np.ndarray]], organs: Sequence
         organs: label values to cover.
         min_std_mm: floor of every standard deviation: patients and breathing differ more than a few
             training volumes show.
+
+    With fewer than two organs in any volume the layout holds no pair, and the post-processing keeps
+    each organ's largest component.
     """
     offsets: dict[str, list[np.ndarray]] = {}
     for label, affine in labels:
         c = _centroids_mm(np.asarray(label), np.asarray(affine, dtype=np.float64), organs)
         for a, b in itertools.combinations(sorted(c), 2):
             offsets.setdefault(f"{a},{b}", []).append(c[b] - c[a])
-    if not offsets:
-        raise ValueError("no volume holds two of the organs: cannot learn their layout.")
     mean = {k: [round(float(v), 2) for v in np.mean(o, 0)] for k, o in offsets.items()}
     std = {k: [round(max(float(v), min_std_mm), 2) for v in np.std(o, 0)] for k, o in offsets.items()}
     return OrganLayout(tuple(sorted(int(o) for o in organs)), mean, std)

@@ -335,3 +335,30 @@ def test_guard_thresholds_and_abstract_step():
         GraTaInferer(ROI, guard="yes")
     with pytest.raises(TypeError, match="adapt_step"):
         AdaptiveInferer(ROI)
+
+
+def test_entropy_rule_keeps_the_least_uncertain_blend_and_reports_every_candidate(unet, volume):
+    """norm_stats="entropy": one prediction per statistics weight; the kept logits are those of the weight
+    with the lowest foreground entropy, identical to a plain run with that weight."""
+    from grata_monai.audit import reports_of
+    from grata_monai.domain import foreground_entropy
+
+    chosen = GraTaInferer(ROI, steps=0, norm_stats="entropy", statistics_candidates=(0.0, 0.5, 1.0))
+    with torch.no_grad():
+        logits = chosen(volume, unet)
+    report = reports_of(logits)[0]
+    entropies = report["statistics_entropy"]
+    assert set(entropies) == {"0", "0.5", "1"}
+    best = min(entropies, key=entropies.get)
+    assert report["volume_statistics_weight"] == float(best)
+    fixed = {"0": dict(norm_stats="source"), "1": dict(norm_stats="volume")}
+    assert best in fixed  # on this volume the tiny network is most certain with one of the plain choices
+    with torch.no_grad():
+        plain = GraTaInferer(ROI, steps=0, **fixed[best])(volume, unet)
+    assert torch.allclose(torch.as_tensor(logits), torch.as_tensor(plain), atol=1e-5)
+    assert foreground_entropy(plain) == pytest.approx(entropies[best], rel=1e-4)
+
+
+def test_entropy_rule_refuses_weights_outside_zero_one():
+    with pytest.raises(ValueError, match="statistics_candidates"):
+        GraTaInferer(ROI, norm_stats="entropy", statistics_candidates=(0.0, 1.5))

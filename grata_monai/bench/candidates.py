@@ -27,11 +27,17 @@ from grata_monai.bench import paths
 from grata_monai.bench.common import device_name, git_revision, load_bundle, names, pick_device, prepare
 from grata_monai.domain import histogram_distance
 from grata_monai.inferer import GraTaInferer
-from grata_monai.norms import batch_norm_layers, blend_batch_norm_statistics, settle_batch_norm_statistics
+from grata_monai.norms import (
+    batch_norm_layers,
+    batch_norm_statistics,
+    blend_batch_norm_statistics,
+    load_batch_norm_statistics,
+    settle_batch_norm_statistics,
+)
 from grata_monai.postprocess import OrganLayout, keep_organ_components
 from grata_monai.sampling import windows
 
-__all__ = ["ALPHAS", "ENSEMBLE", "score_candidate", "volume_candidates", "run_candidates"]
+__all__ = ["ALPHAS", "ENSEMBLE", "run_candidates", "score_candidate", "volume_candidates"]
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the volume's own statistics
 ENSEMBLE = (0.0, 0.5, 1.0)  # blends whose probabilities are averaged into the "ensemble" candidate
@@ -69,16 +75,6 @@ def score_candidate(args: tuple) -> dict:
     }
 
 
-def _bn_state(network: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(m.running_mean.clone(), m.running_var.clone()) for m in batch_norm_layers(network)]
-
-
-def _restore(network: torch.nn.Module, state: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    for m, (mean, var) in zip(batch_norm_layers(network), state):
-        m.running_mean.copy_(mean)
-        m.running_var.copy_(var)
-
-
 def _stat_shift(network: torch.nn.Module, source: torch.nn.Module) -> float:
     """Mean over BatchNorm layers of |own mean - source mean| / source std (a domain-shift signal)."""
     shifts = [
@@ -109,12 +105,12 @@ def volume_candidates(
     network = episode.network
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         settle_batch_norm_statistics(network, windows(volume, defaults.ROI_SIZE, device))
-        own = _bn_state(network)
+        own = batch_norm_statistics(network)
         signals = {"stat_shift": _stat_shift(network, source), "histogram_distance": histogram_distance(volume, reference),
                    "guard": report.guard, "cosine": [s["cosine"] for s in report.steps]}
         probs = {}
         for alpha in ALPHAS:
-            _restore(network, own)
+            load_batch_norm_statistics(network, own)
             blend_batch_norm_statistics(network, source, alpha)
             network.eval()
             probs[f"{alpha:g}"] = _probabilities(network, sliding, image)
