@@ -66,12 +66,11 @@ def _target_parameters(component: Mapping) -> list[str]:
         target = locate(str(ConfigComponent(config=dict(component)).resolve_module_name()))
         if not callable(target):
             return []
-        names = set(_named_parameters(target))
-        if inspect.isclass(target):
-            for base in target.__mro__[1:]:
-                if base is object or not any(p.kind is p.VAR_KEYWORD for p in _parameters(base)):
-                    break
-                names |= _named_parameters(base)
+        names: set[str] = set()
+        for cls in target.__mro__[:-1] if inspect.isclass(target) else (target,):
+            names |= _named_parameters(cls)
+            if not any(p.kind is p.VAR_KEYWORD for p in _parameters(cls)):
+                break
         return sorted(names)
     except (ValueError, TypeError, ImportError):
         return []
