@@ -53,5 +53,5 @@ def test_volumes_table_flags_implausible_organs():
 def test_rebase_links_keeps_notes_links_working_from_the_report(tmp_path):
     text = "see [training.md](training.md), [web](https://x.org/a.md), [here](#h), [up](../README.md)"
     assert rebase_links(text, tmp_path / "docs" / "benchmarks", tmp_path / "docs") == (
-        "see [training.md](benchmarks/training.md), [web](https://x.org/a.md), [here](#h), [up](../README.md)"
+        "see [training.md](benchmarks/training.md), [web](https://x.org/a.md), [here](#h), [up](README.md)"
     )
