@@ -1,5 +1,6 @@
 # Two commands on a fresh machine:
-#   make run    create .venv if absent, install, segment the bundle's sample, print where and its Dice
+#   make run    create .venv if absent, install, segment the bundle's sample with and without adaptation,
+#               print where and the Dice of both
 #   make test   the test suite, in the same environment
 #
 # torch: the CPU build from PyTorch's CPU index on a machine without nvidia-smi, the default (CUDA)
@@ -34,12 +35,18 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	@touch $@
 
-# MONAI prints a security notice each time a config is parsed; this config is the repository's own.
+# The sample with test-time adaptation, then plain (--adapt false: the source model, MONAI's
+# SlidingWindowInferer) for comparison; python -m grata_monai.bundle is MONAI's bundle command line
+# with the bundle's console (one-line errors, no notice that a config can run code: this one is ours).
 run: $(STAMP)
-	$(PY) -W "ignore:parsing config_file" -m monai.bundle run --config_file bundle/configs/inference.json \
+	$(PY) -m grata_monai.bundle run --config_file bundle/configs/inference.json \
 	    --bundle_root bundle --output_dir $(OUTPUT_DIR) --overwrite true
-	@$(PY) -m grata_monai.cli dice --pred $(OUTPUT_DIR)/mr_01_image_seg.nii.gz --label $(LABEL)
-	@echo "segmentation of $(SAMPLE): $(OUTPUT_DIR)/mr_01_image_seg.nii.gz"
+	$(PY) -m grata_monai.bundle run --config_file bundle/configs/inference.json \
+	    --bundle_root bundle --output_dir $(OUTPUT_DIR)/plain --overwrite true --adapt false
+	@printf "adapted (GraTa): "; $(VENV)/bin/grata-monai dice --pred $(OUTPUT_DIR)/mr_01_image_seg.nii.gz --label $(LABEL)
+	@printf "plain:           "; $(VENV)/bin/grata-monai dice --pred $(OUTPUT_DIR)/plain/mr_01_image_seg.nii.gz \
+	    --label $(LABEL)
+	@echo "segmentation of $(SAMPLE): $(OUTPUT_DIR)/mr_01_image_seg.nii.gz (plain: $(OUTPUT_DIR)/plain/)"
 
 test: $(STAMP)
 	@$(PY) -m pytest -q tests; status=$$?; \

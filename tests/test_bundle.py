@@ -176,10 +176,48 @@ def test_train_one_iteration_on_cpu(tmp_path):
     assert log["iterations"] == 1 and len(log["val"]) == 1
 
 
-def test_evaluate_adapt_switch():
+@pytest.mark.parametrize("layers", [(INFERENCE,), (INFERENCE, EVALUATE)])
+def test_adapt_switch(layers):
     for value, expected in (("true", "GraTaInferer"), ("false", "SlidingWindowInferer")):
-        parser = _parser(INFERENCE, EVALUATE, adapt=value)
+        parser = _parser(*layers, adapt=value)
         assert type(parser.get_parsed_content("evaluator#inferer")).__name__ == expected
+    plain = _parser(*layers, adapt="false").get_parsed_content("evaluator#inferer")
+    assert (list(plain.roi_size), plain.sw_batch_size, plain.overlap) == ([96, 96, 48], 4, 0.25)  # same window
+    assert type(_parser(*layers, adapt="false").get_parsed_content("inferer")).__name__ == "GraTaInferer"  # hosts
+
+
+def test_plain_run_of_one_file_via_grata_monai_bundle(tmp_path):
+    """--adapt false: the source model and MONAI's SlidingWindowInferer on one NIfTI file; the summary says so,
+    no audit report; ``python -m grata_monai.bundle`` prints no config notice."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "grata_monai.bundle", "run", "--config_file", str(INFERENCE), "--bundle_root",
+           str(BUNDLE), "--dataset_dir", str(SAMPLE / "mr_01_image.nii.gz"), "--adapt", "false",
+           "--output_dir", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BUNDLE.parent), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["mr_01_image_seg.nii.gz"]
+    assert r.stdout.splitlines()[-1] == (f"outputs in {out} (<name>_seg.nii.gz; plain run, --adapt false: the source "
+                                         "model, no adaptation, no audit report)")
+    assert "parsing config_file" not in r.stderr and "Traceback" not in r.stderr
+    seg = np.asarray(nib.load(str(out / "mr_01_image_seg.nii.gz")).dataobj)
+    assert set(np.unique(seg).tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_wrong_config_file_stops_in_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "grata_monai.bundle", "run", "--config_file", str(CONFIGS / "inferenc.json"),
+           "--bundle_root", str(BUNDLE)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BUNDLE.parent), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and r.stderr.splitlines() == [
+        f"error: config file '{CONFIGS / 'inferenc.json'}' not found: did you mean '{INFERENCE}'?"], r.stderr[-3000:]
+
+
+def test_evaluate_without_data_stops_in_one_line(tmp_path):
+    r = _bundle_run([INFERENCE, EVALUATE], tmp_path, "--dataset_dir", str(tmp_path / "none"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.splitlines()[-1].startswith(f"error: no datalist at '{tmp_path / 'none' / 'datalist.json'}': "
+                                                "pass --dataset_dir <folder holding datalist.json")
 
 
 def test_verify_net_in_out():

@@ -57,3 +57,16 @@ def test_stop_errors_are_the_builtin_kinds(kind, base):
     wrapped.__cause__ = error
     assert stop_reason(wrapped) is error and stop_reason(RuntimeError("plain")) is None
     assert isinstance(error, RunStopped)
+
+
+NOTICE = ('parsing config_file c.json: any `"_target_"` value in it is resolved to an importable callable and '
+          'invoked with no allow list')
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_config_notice_is_silenced_for_trusted_configs_only(trusted):
+    code = (f"import warnings; from grata_monai.bundle.console import setup; setup(trusted_configs={trusted}); "
+            f"warnings.warn({NOTICE!r}); warnings.warn('another warning')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and "another warning" in r.stderr
+    assert ("parsing config_file" in r.stderr) != trusted

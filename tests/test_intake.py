@@ -66,6 +66,11 @@ def test_all_good_finishes_with_the_summary(tmp_path, capsys):
         "done: 1 of 1 input(s) segmented, 0 skipped",
         f"outputs in {tmp_path} (<name>_seg.nii.gz, <name>_seg_report.json)",
     ]
+    intake.finish(str(tmp_path), adapted=False)
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"outputs in {tmp_path} (<name>_seg.nii.gz; plain run, --adapt false: the source model, no adaptation, "
+        "no audit report)"
+    )
 
 
 def test_nothing_readable_is_an_error(tmp_path):

@@ -16,6 +16,7 @@ from grata_monai.bundle.io import (
     check_no_overwrite,
     list_ignored,
     list_volumes,
+    load_datalist,
     output_path,
 )
 from tests.conftest import DATA_DIR
@@ -84,8 +85,20 @@ def test_list_volumes_errors_say_what_was_looked_for(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"\*\.nii\.gz.*DICOM") as error:
         list_volumes(tmp_path)
     assert isinstance(error.value, RunStopped)  # a bundle run ends with the message alone
-    with pytest.raises(FileNotFoundError, match="not a folder"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         list_volumes(tmp_path / "missing")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match="not a NIfTI file"):
+        list_volumes(tmp_path / "notes.txt")
+
+
+def test_list_volumes_takes_one_nifti_file(tmp_path):
+    _nifti(tmp_path / "a_label.nii.gz")
+    _nifti(tmp_path / "b.nii")
+    assert list_volumes(tmp_path / "a_label.nii.gz", exclude=["*_label.nii*"]) == [
+        {"image": str(tmp_path / "a_label.nii.gz")}
+    ]  # named on purpose: exclude is for scanning folders
+    assert list_ignored(tmp_path / "b.nii") == []
 
 
 def test_output_path_and_no_overwrite(tmp_path):
@@ -149,3 +162,13 @@ def test_body_mask_keeps_a_blank_volume_whole():
     assert body_mask(image).all()
     image[0, 1, 1, 1] = 1.0
     assert body_mask(image).sum() == 1
+
+
+def test_load_datalist_stops_with_what_to_pass(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pass --dataset_dir") as error:
+        load_datalist(tmp_path / "datalist.json", "mr_test", tmp_path)
+    assert isinstance(error.value, RunStopped)
+    (tmp_path / "datalist.json").write_text('{"mr_test": [{"image": "a.nii.gz"}], "ct_val": []}')
+    assert load_datalist(tmp_path / "datalist.json", "mr_test", tmp_path) == [{"image": str(tmp_path / "a.nii.gz")}]
+    with pytest.raises(ValueError, match=r"no split 'mr_dev' \(it has: ct_val, mr_test\)"):
+        load_datalist(tmp_path / "datalist.json", "mr_dev", tmp_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from grata_monai.bench.report import method_table, worse_volumes, write_report
+from grata_monai.bench.report import method_table, rebase_links, worse_volumes, write_report
 
 
 def results():
@@ -48,3 +48,10 @@ def test_volumes_table_flags_implausible_organs():
 
     table = volumes_table({"volumes": {"ct": {"grata": {"organ_ml": [1500, 150, 40, 200], "seconds": 1.0}}}})
     assert "| ct | grata | 1500 | 150 | 40 ⚠ | 200 | 1.0 |" in table
+
+
+def test_rebase_links_keeps_notes_links_working_from_the_report(tmp_path):
+    text = "see [training.md](training.md), [web](https://x.org/a.md), [here](#h), [up](../README.md)"
+    assert rebase_links(text, tmp_path / "docs" / "benchmarks", tmp_path / "docs") == (
+        "see [training.md](benchmarks/training.md), [web](https://x.org/a.md), [here](#h), [up](README.md)"
+    )

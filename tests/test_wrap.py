@@ -27,7 +27,7 @@ from monai.handlers import CheckpointLoader, StatsHandler
 
 from grata_monai import GraTaInferer
 from grata_monai.bundle.handlers import AuditReportHandler
-from grata_monai.bundle.wrap import WrapError, wrap
+from grata_monai.bundle.wrap import STRICT_INITIALIZE, WrapError, wrap
 from tests.conftest import BUNDLE_DIR, ROOT, abdomen_dir
 
 MR_VOLUME = "mr/mr_01_image.nii.gz"
@@ -211,6 +211,15 @@ def test_simple_inferer_without_a_shape_asks_for_roi_size(tmp_path):
 def test_own_audit_handler_is_not_added_twice(tmp_path):
     result = wrap(BUNDLE_DIR, out=tmp_path / "grata.json")
     assert set(result.overlay) == {"inferer"} and result.overlay["inferer"]["roi_size"] == "@roi_size"
+
+
+def test_wrapped_bundle_refuses_a_mistyped_option_before_its_own_initialize(tmp_path):
+    bundle = make_bundle(tmp_path / "zoo")
+    own = ConfigParser.load_config_file(bundle / "configs" / "inference.json").get("initialize")
+    result = wrap(bundle)
+    assert result.overlay["initialize"] == [*STRICT_INITIALIZE, *([] if own is None else own)]
+    r = bundle_run([bundle / "configs" / "inference.json", result.path], bundle, tmp_path, "--dataset_dri", "x")
+    assert r.returncode == 1 and r.stderr.splitlines()[-1].startswith("error: unknown option --dataset_dri: ")
 
 
 # --- refusals: nothing written -------------------------------------------------------------------

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from grata_monai import defaults
 
-__all__ = ["ORGANS", "method_table", "worse_volumes", "volumes_table", "plot_gains", "write_report"]
+__all__ = ["ORGANS", "method_table", "worse_volumes", "volumes_table", "plot_gains", "rebase_links", "write_report"]
 
 # Typical adult organ volumes in mL (liver ~1-2.5 L; each kidney ~100-250 mL; spleen ~100-400 mL).
 PLAUSIBLE_ML = ((1000, 2500), (100, 250), (100, 250), (100, 400))
@@ -98,6 +99,19 @@ def plot_gains(results: dict, path: str | Path, references: Sequence[str] = ("so
     plt.close(fig)
 
 
+def rebase_links(text: str, source_dir: str | Path, target_dir: str | Path) -> str:
+    """Markdown written in ``source_dir`` with its relative links (``](file.md)``) rewritten for ``target_dir``;
+    web links, anchors and absolute paths are kept."""
+
+    def rebase(match: re.Match) -> str:
+        link = match.group(1)
+        if re.match(r"[a-z]+:|#|/", link):
+            return match.group(0)
+        return f"]({Path(os.path.relpath(Path(source_dir) / link, target_dir)).as_posix()})"
+
+    return re.sub(r"\]\(([^)\s]+)\)", rebase, text)
+
+
 def write_report(bench_dir: str | Path, md: str | Path) -> str:
     """Write ``md`` from the JSON files in ``bench_dir`` (results*.json, volumes*.json)
     and its notes.md, with a figure per results file."""
@@ -133,7 +147,7 @@ def write_report(bench_dir: str | Path, md: str | Path) -> str:
         ]
     notes = bench_dir / "notes.md"
     if notes.is_file():
-        parts.append(notes.read_text())
+        parts.append(rebase_links(notes.read_text(), bench_dir, md.parent))
     text = "\n".join(parts)
     md.write_text(text)
     return text

@@ -8,7 +8,8 @@ config's ``initialize``, installs a ``sys.excepthook`` that ends the output with
 (exit status 1) when a ``RunStopped`` is anywhere in the exception's chain. ``GRATA_DEBUG=1`` keeps
 the full traceback. Other exceptions are untouched. :func:`setup` also silences warnings we know
 to be harmless on every run (MONAI's nvImageCodec note on machines without it, the announced
-change of ``Orientationd``'s default labels).
+change of ``Orientationd``'s default labels) and, for ``python -m grata_monai.bundle`` (the only entry
+that runs before MONAI parses a config), MONAI's notice that a config can run code.
 """
 
 from __future__ import annotations
@@ -19,7 +20,17 @@ import sys
 import warnings
 from types import TracebackType
 
-__all__ = ["RunStopped", "NotFound", "OutputsExist", "BadSetting", "InputsSkipped", "stop_reason", "quiet", "setup"]
+__all__ = [
+    "CONFIG_NOTICE",
+    "RunStopped",
+    "NotFound",
+    "OutputsExist",
+    "BadSetting",
+    "InputsSkipped",
+    "stop_reason",
+    "quiet",
+    "setup",
+]
 
 # (message regex, category) of warnings every CPU run prints and nobody can act on.
 KNOWN_WARNINGS = (
@@ -27,6 +38,10 @@ KNOWN_WARNINGS = (
     # MONAI announces a future default of Orientationd(labels=...); the bundle's RAS is unaffected.
     (r".*Orientationd\.__init__:labels: Current default value", FutureWarning),
 )
+
+
+# MONAI's notice on every parse of a config by `monai.bundle run`: "_target_" and "$" values run code.
+CONFIG_NOTICE = r"parsing config_file .*any `\"_target_\"` value in it is resolved to an importable callable"
 
 
 class RunStopped(Exception):
@@ -80,7 +95,14 @@ def quiet() -> None:
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 
-def setup() -> None:
-    """Install the plain stop-error hook and silence the known harmless warnings (for ``initialize``)."""
+def setup(trusted_configs: bool = False) -> None:
+    """Install the plain stop-error hook and silence the known harmless warnings (for ``initialize``).
+
+    Args:
+        trusted_configs: also silence MONAI's notice, printed each time a config is parsed, that a config
+            can run code (``python -m grata_monai.bundle``, which runs this bundle's own configs).
+    """
     sys.excepthook = _excepthook
     quiet()
+    if trusted_configs:
+        warnings.filterwarnings("ignore", message=CONFIG_NOTICE, category=UserWarning)

@@ -95,22 +95,32 @@ class Intake:
     def _listing(self) -> str:
         return "\n".join(f"  skipped {path}: {reason}" for path, reason in sorted(self.failed))
 
-    def summary(self, output_dir: str, postfix: str = "seg") -> str:
-        """The run's closing lines: volumes written, inputs skipped with their reasons, the outputs."""
+    def summary(self, output_dir: str, postfix: str = "seg", adapted: bool = True) -> str:
+        """The run's closing lines: volumes written, inputs skipped with their reasons, the outputs (and,
+        when not ``adapted``, that the run was plain: no adaptation, no audit reports)."""
         written = [i for i in self.items if os.path.exists(output_path(i[self.key], output_dir, postfix))]
         lines = [f"done: {len(written)} of {len(self.items) + len(self.failed)} input(s) segmented, "
                  f"{len(self.failed)} skipped" + (":" if self.failed else "")]
         if self.failed:
             lines.append(self._listing())
-        lines.append(f"outputs in {os.path.abspath(output_dir)} (<name>_{postfix}.nii.gz, <name>_{postfix}_report.json)")
+        outputs = f"outputs in {os.path.abspath(output_dir)} (<name>_{postfix}.nii.gz"
+        if adapted:
+            lines.append(f"{outputs}, <name>_{postfix}_report.json)")
+        else:
+            lines.append(f"{outputs}; plain run, --adapt false: the source model, no adaptation, no audit report)")
         return "\n".join(lines)
 
-    def finish(self, output_dir: str, postfix: str = "seg") -> None:
+    def finish(self, output_dir: str, postfix: str = "seg", adapted: bool = True) -> None:
         """Print the summary, or raise it when inputs were skipped so that the exit status says so.
+
+        Args:
+            output_dir: the run's ``output_dir``.
+            postfix: ``SaveImaged``'s ``output_postfix``.
+            adapted: False for a plain run (``--adapt false``), which the summary then says.
 
         Raises:
             InputsSkipped: some inputs were skipped; the message is the summary.
         """
         if self.failed:
-            raise InputsSkipped(self.summary(output_dir, postfix))
-        print(self.summary(output_dir, postfix), flush=True)
+            raise InputsSkipped(self.summary(output_dir, postfix, adapted))
+        print(self.summary(output_dir, postfix, adapted), flush=True)

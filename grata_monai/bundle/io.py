@@ -1,6 +1,7 @@
 """Input discovery and output paths for the bundle configs.
 
-`list_volumes` turns a folder into MONAI datalist items (NIfTI files and DICOM series
+`list_volumes` turns a folder (or one NIfTI file) into MONAI datalist items, `load_datalist` reads a
+labelled one (evaluation, training), (NIfTI files and DICOM series
 folders) and `list_ignored` names what else is in it; `output_path` is the file MONAI's ``SaveImaged`` writes for an input (its
 ``FolderLayout``); `check_no_overwrite` enforces the bundle's output policy; `body_mask` is the
 body for ``CropForegroundd``.
@@ -9,12 +10,13 @@ body for ``CropForegroundd``.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from monai.data import FolderLayout
+from monai.data import FolderLayout, load_decathlon_datalist
 from pydicom.misc import is_dicom
 
 from grata_monai.bundle.console import BadSetting, NotFound, OutputsExist
@@ -26,6 +28,7 @@ __all__ = [
     "bundle_file",
     "list_volumes",
     "list_ignored",
+    "load_datalist",
     "output_path",
     "check_no_overwrite",
     "body_mask",
@@ -86,27 +89,34 @@ def _is_dicom_series(path: Path) -> bool:
 def list_volumes(
     dataset_dir: str | os.PathLike, key: str = "image", exclude: Sequence[str] = ()
 ) -> list[dict[str, str]]:
-    """List the volumes in a folder as datalist items ``{key: path}``.
+    """List the volumes in a folder, or one NIfTI file, as datalist items ``{key: path}``.
 
     A volume is a NIfTI file (``*.nii``, ``*.nii.gz``) directly in ``dataset_dir``, or a
     DICOM series: a sub-folder whose files are DICOM (any extension), or ``dataset_dir``
-    itself when it holds DICOM files and no NIfTI. Items are sorted by path.
+    itself when it holds DICOM files and no NIfTI. Items are sorted by path. A ``dataset_dir``
+    that names one NIfTI file is that volume alone (``exclude`` does not apply to it).
 
     Args:
-        dataset_dir: folder to scan.
+        dataset_dir: folder to scan, or one NIfTI file.
         key: datalist key of the image path.
         exclude: file-name patterns (``fnmatch``) to skip, e.g. label maps stored beside the
             images (``*_label.nii.gz``) or earlier outputs (``*_seg.nii.gz``).
 
     Raises:
-        NotFound: (a ``FileNotFoundError``) the folder does not exist or holds no volume; the
-            message says what was looked for.
+        NotFound: (a ``FileNotFoundError``) the path does not exist, is a file other than NIfTI,
+            or is a folder that holds no volume; the message says what was looked for.
     """
     root = Path(dataset_dir).expanduser()
+    if _is_nifti(root):
+        return [{key: str(root)}]
+    if root.is_file():
+        what = "a single DICOM file: pass its series folder" if is_dicom(root) else "not a NIfTI file"
+        raise NotFound(f"dataset_dir '{root}' is {what} (--dataset_dir takes a NIfTI file (*.nii, *.nii.gz), "
+                       "a DICOM series folder, or a folder of those).")
     if not root.is_dir():
         raise NotFound(
-            f"dataset_dir '{root}' is not a folder: pass --dataset_dir <folder of NIfTI files "
-            "(*.nii, *.nii.gz) or DICOM series folders>."
+            f"dataset_dir '{root}' does not exist: pass --dataset_dir <NIfTI file, DICOM series folder, or "
+            "folder of NIfTI files (*.nii, *.nii.gz) and DICOM series folders>."
         )
     entries = sorted(p for p in root.iterdir() if not any(fnmatch.fnmatch(p.name, x) for x in exclude))
     items = [str(p) for p in entries if _is_nifti(p)]
@@ -129,7 +139,7 @@ def list_ignored(dataset_dir: str | os.PathLike, exclude: Sequence[str] = ()) ->
     hidden files, and anything inside a folder that is itself one DICOM series.
 
     Args:
-        dataset_dir: the folder `list_volumes` scans.
+        dataset_dir: the folder `list_volumes` scans (a file: nothing is ignored).
         exclude: the same patterns as for `list_volumes`.
     """
     root = Path(dataset_dir).expanduser()
@@ -148,6 +158,30 @@ def list_ignored(dataset_dir: str | os.PathLike, exclude: Sequence[str] = ()) ->
             what = "a DICOM file outside a series folder" if is_dicom(p) else "not a NIfTI file (*.nii, *.nii.gz)"
             ignored.append((str(p), f"{what}; put DICOM series in sub-folders, or pass --exclude to leave it out"))
     return ignored
+
+
+def load_datalist(datalist_file: str | os.PathLike, key: str, base_dir: str | os.PathLike) -> list[dict]:
+    """MONAI's ``load_decathlon_datalist`` for a config, with a one-line stop when the file or key is missing.
+
+    Args:
+        datalist_file: the JSON datalist (``<dataset_dir>/datalist.json`` in the configs).
+        key: the split to read, e.g. ``mr_test``.
+        base_dir: folder the datalist's relative paths start from.
+
+    Raises:
+        NotFound: (a ``FileNotFoundError``) no datalist file; the message says what to pass.
+        BadSetting: (a ``ValueError``) the file has no split ``key``; the message lists those it has.
+    """
+    path = Path(datalist_file)
+    if not path.is_file():
+        raise NotFound(
+            f"no datalist at '{path}': pass --dataset_dir <folder holding datalist.json and the labelled images> "
+            "(to segment unlabelled volumes use configs/inference.json)."
+        )
+    splits = json.loads(path.read_text())
+    if key not in splits:
+        raise BadSetting(f"datalist '{path}' has no split '{key}' (it has: {', '.join(sorted(splits))}).")
+    return load_decathlon_datalist(path, data_list_key=key, base_dir=base_dir)
 
 
 def output_path(

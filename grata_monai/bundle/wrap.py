@@ -4,7 +4,8 @@ The bundle is read as ``monai.bundle run`` reads it (``ConfigParser`` over its c
 ``bundle_root`` set to the bundle folder). When GraTa can work there, a config overlay is written
 that, layered after the bundle's configs, changes two things: ``inferer`` becomes a
 ``grata_monai.GraTaInferer`` with the bundle's own sliding-window settings, and the evaluator's
-handlers get an ``AuditReportHandler`` that writes each volume's report beside its segmentation.
+handlers get an ``AuditReportHandler`` that writes each volume's report beside its segmentation;
+``initialize`` starts with the strict check of command-line options (``grata_monai.bundle.overrides``).
 MONAI's multi-file merge does the rest: later files replace ids, ``+id`` appends to a list.
 """
 
@@ -29,7 +30,8 @@ from grata_monai import defaults
 from grata_monai.adaptive import AdaptiveInferer, unwrap_network
 from grata_monai.norms import find_norm_layers
 
-__all__ = ["WrapError", "Wrapped", "SETTINGS", "read_bundle", "wrap", "wrap_command"]
+__all__ = ["WrapError", "Wrapped", "SETTINGS", "STRICT_INITIALIZE", "read_bundle", "strict_initialize", "wrap",
+           "wrap_command"]
 
 INFERER_TARGET = "grata_monai.GraTaInferer"
 HANDLER_TARGET = "grata_monai.bundle.handlers.AuditReportHandler"
@@ -44,6 +46,13 @@ SETTINGS = {
     "amp": defaults.AMP,
     "seed": defaults.SEED,
 }
+# First in the wrapped bundle's `initialize`: one-line stop errors, then the check of command-line options.
+STRICT_INITIALIZE = [
+    "$import grata_monai.bundle.console as grata_console",
+    "$import grata_monai.bundle.overrides as grata_overrides",
+    "$grata_console.setup()",
+    "$grata_overrides.check()",
+]
 _SLIDING_KEYS = [k for k in inspect.signature(SlidingWindowInferer).parameters if k not in ("args", "kwargs")]
 _SAVE_DEFAULTS = {k: p.default for k, p in inspect.signature(SaveImaged).parameters.items()}
 
@@ -226,6 +235,16 @@ def audit_overlay(parser: ConfigParser) -> tuple[dict, str]:
     return overlay, "an audit report (<input>_<output_postfix>_report.json) is written beside each segmentation"
 
 
+def strict_initialize(parser: ConfigParser) -> dict:
+    """Overlay entry putting `STRICT_INITIALIZE` before the bundle's own ``initialize`` (nothing when it has
+    the check already)."""
+    own = parser.get("initialize")
+    items = [] if own is None else list(own) if isinstance(own, list) else [own]
+    if any(re.search(r"overrides\.check\(", str(item)) for item in items):
+        return {}
+    return {"initialize": [*STRICT_INITIALIZE, *items]}
+
+
 def wrap(
     bundle_dir: str | Path,
     out: str | Path | None = None,
@@ -262,8 +281,11 @@ def wrap(
         parser.get_parsed_content("grata_check")
     except Exception as e:  # noqa: BLE001
         raise WrapError(f"GraTa settings {settings} do not build a GraTaInferer ({type(e).__name__}: {e}).") from e
-    overlay = {"inferer": inferer, **audit}
+    strict = strict_initialize(parser)
+    overlay = {"inferer": inferer, **audit, **strict}
     notes = [f"GraTa adapts the affine parameters of {n_layers} normalization layers", sliding_note, audit_note]
+    if strict:
+        notes.append("a command-line option that names no setting of the configs stops the run (strict options)")
     if copy_to is not None:
         return _write_copy(bundle_dir, files, overlay, Path(copy_to), notes)
     path = Path(out) if out is not None else bundle_dir / "configs" / "grata.json"

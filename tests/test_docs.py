@@ -1,0 +1,40 @@
+"""The documentation's relative links: every one in README.md, docs/ and bundle/ names a file that exists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "bundle").rglob("*.md")])
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+
+
+def relative_links(page: Path) -> list[str]:
+    """The targets of the page's markdown links outside code blocks, without web links and anchors."""
+    text = FENCE.sub("", page.read_text())
+    return [t for t in LINK.findall(text) if not re.match(r"[a-z]+:|#", t)]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(page):
+    broken = [t for t in relative_links(page) if not (page.parent / t.split("#")[0]).exists()]
+    assert not broken, f"{page.relative_to(ROOT)}: {broken}"
+
+
+def test_the_link_pattern_finds_links(tmp_path):
+    page = tmp_path / "p.md"
+    page.write_text("[a](x.md) ![f](y.png) [w](https://e.org) [h](#s)\n```\n[c](not-a-link.md)\n```\n[b](z.md#part)")
+    assert relative_links(page) == ["x.md", "y.png", "z.md#part"]
+
+
+def test_docs_index_lists_every_page():
+    index = ROOT / "docs" / "index.md"
+    listed = {(index.parent / t).resolve() for t in relative_links(index)}
+    pages = {p.resolve() for p in (ROOT / "docs").rglob("*.md") if p != index}
+    assert pages <= listed, sorted(str(p.relative_to(ROOT)) for p in pages - listed)
+    assert "docs/index.md" in relative_links(ROOT / "README.md")
