@@ -8,10 +8,17 @@ answers any other exception with a bare 500); the audit report the inferer attac
 under ``grata_report`` (``output=json`` or ``output=all``); the label file is uint8, as the bundle
 writes it, not MONAI Label's float32. :class:`GraTaLabelApp` serves every bundle folder under the
 app's ``model/`` with that task, offline; :func:`write_app` writes such an app folder.
+
+MONAI Label 0.8.5's ``POST /infer/{model}`` is an ``async`` endpoint that runs the whole inference
+on the server's event loop, so every other request, ``GET /info`` included, waits for it
+(``MONAI_LABEL_INFER_CONCURRENCY`` does not help: the endpoint waits for the pool's result on the
+loop). :func:`infer_off_the_event_loop`, called by :class:`GraTaLabelApp`, replaces that route by
+the same handler as a plain function, which FastAPI runs in its worker threads.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -21,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import HTTPException
+from fastapi.routing import APIRoute
 from monai.transforms import LoadImaged
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
@@ -30,7 +38,7 @@ from grata_monai.audit import reports_of
 from grata_monai.bundle.checks import UnusableInput, unreadable
 from grata_monai.bundle.console import quiet, stop_reason
 
-__all__ = ["REPORT_FIELD", "GraTaInferTask", "GraTaLabelApp", "write_app"]
+__all__ = ["REPORT_FIELD", "GraTaInferTask", "GraTaLabelApp", "infer_off_the_event_loop", "write_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +105,37 @@ class GraTaInferTask(BundleInferTask):
             raise HTTPException(status_code=422, detail=str(reason)) from error
 
 
+def infer_off_the_event_loop() -> bool:
+    """Serve MONAI Label's ``POST /infer/{model}`` from FastAPI's worker threads instead of the event
+    loop: the route's ``async`` endpoint is replaced, in place, by a plain function with the same
+    parameters that calls the same handler (``monailabel.endpoints.infer.run_inference``).
+
+    Returns:
+        True when the route was replaced (False: already done, or no such route in this version).
+    """
+    from monailabel.endpoints import infer as endpoint
+
+    routes = endpoint.router.routes  # the app includes this router (FastAPI reads it at request time)
+    for i, route in enumerate(routes):
+        if isinstance(route, APIRoute) and route.endpoint is endpoint.api_run_inference:
+            signature = inspect.signature(route.endpoint)
+
+            def api_run_inference(**kwargs: Any) -> Any:
+                kwargs.pop("user", None)  # checked by its dependency; run_inference does not take it
+                return endpoint.run_inference(**kwargs)
+
+            api_run_inference.__signature__ = signature  # FastAPI reads the parameters from here
+            routes[i] = APIRoute(route.path, api_run_inference, methods=list(route.methods),
+                                 summary=route.summary, tags=route.tags, responses=route.responses)
+            logger.info("POST /infer/{model} runs in worker threads: other requests are served meanwhile")
+            return True
+    return False
+
+
 class GraTaLabelApp(MONAILabelApp):
     """Every bundle folder under ``<app_dir>/model/`` (one with ``configs/inference.json``) as a
-    :class:`GraTaInferTask` named after the folder; nothing is downloaded, nothing is trained."""
+    :class:`GraTaInferTask` named after the folder; nothing is downloaded, nothing is trained.
+    Inference requests run in worker threads (:func:`infer_off_the_event_loop`)."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         model_dir = Path(app_dir) / "model"
@@ -109,6 +145,7 @@ class GraTaLabelApp(MONAILabelApp):
             raise ValueError(f"no bundle under {model_dir} (a folder with configs/inference.json)")
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="GraTa bundles",
                          description="MONAI bundles with GraTa test-time adaptation", version="1")
+        infer_off_the_event_loop()
 
     def init_infers(self) -> dict[str, InferTask]:
         return {name: GraTaInferTask(path, self.conf) for name, path in self.bundles.items()}

@@ -208,3 +208,40 @@ def test_bad_input_gets_422_with_the_bundle_runs_reason(label_app, image):
     else:
         assert detail == expected
     assert {"notes": "unreadable", "flat": "a 2D image", "slab": "too thin"}[image] in detail
+
+
+def test_info_is_served_while_an_inference_runs(label_app):
+    """Inference runs off the event loop: a GET /info sent while an infer request runs is answered
+    before that request ends (stock MONAI Label 0.8.5 answers it only after)."""
+    from fastapi.testclient import TestClient
+    from monailabel.app import app as server
+
+    from grata_monai.label.app import infer_off_the_event_loop
+
+    assert infer_off_the_event_loop() is False, "the app already replaced the route"
+    started, events = threading.Event(), []
+    task = _task(label_app[0])
+    original = task.run_inferer
+
+    def slow_inferer(*args, **kwargs):  # marks that the inference is under way
+        started.set()
+        out = original(*args, **kwargs)
+        events.append("infer computed")
+        return out
+
+    with TestClient(server) as client:
+        def infer() -> None:
+            response = client.post(f"/infer/{MODEL_NAME}?image={IMAGES[0]}&output=json", data=CPU)
+            events.append(f"infer {response.status_code}")
+
+        worker = threading.Thread(target=infer)
+        task.run_inferer = slow_inferer
+        try:
+            worker.start()
+            assert started.wait(600), "the inference did not start"
+            response = client.get("/info/")
+            events.append(f"info {response.status_code}")
+            worker.join(600)
+        finally:
+            del task.run_inferer
+    assert events == ["info 200", "infer computed", "infer 200"], events
