@@ -49,7 +49,7 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from grata_monai.audit import reports_of
-from grata_monai.bundle.console import quiet
+from grata_monai.bundle.console import quiet, stop_reason
 from grata_monai.bundle.handlers import versions
 from grata_monai.deploy.segments import CATEGORY, SEGMENT_CODES, bundle_metadata, segment_labels
 
@@ -313,8 +313,9 @@ def summary(output: Path, seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the app: ``python -m grata_monai.deploy.app -i <dicom folder> -o <output> -m <model.ts | bundle>``;
-    the last line says what was written. Holoscan's own log keeps to errors unless
-    ``HOLOSCAN_LOG_LEVEL`` is set."""
+    the last line says what was written, or, for an input the bundle refuses (``UnusableInput``: 2D,
+    several channels, too thin), ``error: <reason>`` with exit status 1 (``GRATA_DEBUG=1``: the
+    traceback). Holoscan's own log keeps to errors unless ``HOLOSCAN_LOG_LEVEL`` is set."""
     from holoscan.logger import LogLevel, set_log_level
 
     logging.basicConfig(level=logging.INFO)
@@ -323,7 +324,13 @@ def main(argv: list[str] | None = None) -> None:
     quiet()
     start = time.time()
     app = GraTaSegApp(argv)
-    app.run()
+    try:
+        app.run()
+    except Exception as error:  # an input the bundle refuses (or another stop) ends in its one line
+        reason = stop_reason(error)
+        if reason is None or os.environ.get("GRATA_DEBUG", "") not in ("", "0"):
+            raise
+        raise SystemExit(f"error: {reason}") from None
     if app.output_folder is not None:
         print(summary(app.output_folder, time.time() - start), flush=True)
 

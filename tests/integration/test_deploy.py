@@ -44,7 +44,7 @@ def write_series(nifti: Path, folder: Path) -> list:
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras
     row_dir, col_dir = lps[:3, 0] / np.linalg.norm(lps[:3, 0]), lps[:3, 1] / np.linalg.norm(lps[:3, 1])
     spacing = [round(float(np.linalg.norm(lps[:3, c])), 4) for c in (1, 0)]  # between rows, between columns
-    study, series = generate_uid(entropy_srcs=["grata-test", "study"]), generate_uid(entropy_srcs=["grata-test", "series"])
+    study, series = (generate_uid(entropy_srcs=["grata-test", name]) for name in ("study", "series"))
     folder.mkdir(parents=True)
     datasets = []
     for k in range(data.shape[2]):
@@ -96,11 +96,17 @@ def app_run(tmp_path_factory):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     out = tmp / "output"
-    run = f"ulimit -s 32768 2>/dev/null; exec {sys.executable} -m grata_monai.deploy.app -i {series} -o {out} -m {tmp / 'model.ts'}"
-    done = subprocess.run(["bash", "-c", run], cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
+    done = _run_app(series, out, tmp / "model.ts")
     log = done.stderr + done.stdout  # the summary, printed last, ends stdout
     assert done.returncode == 0, log[-6000:]
     return out, log, series, datasets
+
+
+def _run_app(series: Path, out: Path, model: Path) -> subprocess.CompletedProcess:
+    app = f"{sys.executable} -m grata_monai.deploy.app -i {series} -o {out} -m {model}"
+    run = f"ulimit -s 32768 2>/dev/null; exec {app}"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(["bash", "-c", run], cwd=out.parent, env=env, capture_output=True, text=True, timeout=900)
 
 
 def _seg(out: Path):
@@ -230,3 +236,26 @@ def test_package_source_and_packager_cli(tmp_path):
     cli = shutil.which("holoscan") or str(Path(sys.executable).with_name("holoscan"))
     done = subprocess.run(["bash", "-c", f"ulimit -s 32768 2>/dev/null; {cli} package --help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--no-docker-build" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_thin_series_is_refused_with_the_bundle_runs_reason(app_run, tmp_path):
+    """A 4-slice (31 mm) slab of the sample as a DICOM series: the app ends with `error: <reason>` (exit
+    status 1), the reason the bundle's own run gives for the same slab as NIfTI; nothing is written."""
+    from monai.bundle import ConfigParser
+
+    from grata_monai.bundle.intake import Intake
+
+    image = nib.load(SAMPLE)
+    slab = tmp_path / "slab.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, 16:20], image.affine), str(slab))
+    write_series(slab, tmp_path / "series")
+    config = ConfigParser()
+    config.read_config(str(BUNDLE_DIR / "configs" / "inference.json"))
+    intake = Intake([{"image": str(slab)}, {"image": str(SAMPLE)}], check=config.get_parsed_content("input_check"))
+    reason = dict(intake.failed)[str(slab)]
+    assert reason.startswith("too thin: 31 mm along S")
+
+    done = _run_app(tmp_path / "series", tmp_path / "out", app_run[0].parent / "model.ts")
+    assert done.returncode == 1, (done.stdout + done.stderr)[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == f"error: {reason}"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "nothing is written"
