@@ -159,8 +159,9 @@ def test_concurrent_requests_match_sequential(label_app):
 
 
 def test_infer_over_http_returns_label_and_report(label_app):
-    """The server's REST route: POST /infer/<model>?image=<id> returns the uint8 label file, and with
-    output=json the result JSON holding the GraTa report."""
+    """The server's REST routes: POST /infer/<model>?image=<id> returns the uint8 label file; an image
+    uploaded with PUT /datastore/image lands in the studies folder, and its infer request with
+    output=json returns the result JSON holding the GraTa report."""
     from fastapi.testclient import TestClient
     from monailabel.app import app as server
 
@@ -172,7 +173,11 @@ def test_infer_over_http_returns_label_and_report(label_app):
         assert response.status_code == 200, response.text[:500]
         out = studies.parent / "http_label.nii.gz"
         out.write_bytes(response.content)
-        response = client.post(f"/infer/{MODEL_NAME}?image={IMAGES[1]}&output=json", data=CPU)
+        with open(studies / "mr_01_upper.nii.gz", "rb") as f:
+            response = client.put("/datastore/image?image=uploaded", files={"file": ("uploaded.nii.gz", f)})
+        assert response.status_code == 200 and response.json() == {"image": "uploaded"}, response.text[:500]
+        assert (studies / "uploaded.nii.gz").is_file()
+        response = client.post(f"/infer/{MODEL_NAME}?image=uploaded&output=json", data=CPU)
         assert response.status_code == 200, response.text[:500]
         assert len(response.json()[REPORT_FIELD]["steps"]) == SMALL["steps"]
     label = nib.load(out)
