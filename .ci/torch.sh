@@ -21,7 +21,7 @@ else
       2>/dev/null; then
     "$py" -m pip install -q --no-deps --retries 1 --index-url "$CPU_INDEX" "$@"
   else
-    echo "torch.sh: PyTorch's CPU index ($CPU_INDEX) did not answer in 10 s: $* from the default index" >&2
+    echo "torch.sh: PyTorch's CPU index ($CPU_INDEX) could not be reached (10 s limit): $* from the default index" >&2
   fi
   "$py" -m pip install -q "$@"
 fi
