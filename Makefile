@@ -3,20 +3,16 @@
 #               print where and the Dice of both
 #   make test   the test suite, in the same environment
 #
-# torch: the CPU build from PyTorch's CPU index on a machine without nvidia-smi, the default (CUDA)
-# build where nvidia-smi is found. From the CPU index torch alone is taken (--no-deps); its
-# dependencies come from your usual index with the package. Override, e.g.:
+# torch: .ci/torch.sh, shared with the CI's host scripts: the CPU build from PyTorch's CPU index on a
+# machine without nvidia-smi (asked once, 10 s; when it does not answer, one message and your usual
+# index), the default (CUDA) build where nvidia-smi is found. Override, e.g.:
 #   make run TORCH_SPEC=torch==2.13.0 TORCH_INDEX_OPT="--index-url https://download.pytorch.org/whl/cu128"
 #   make run EXTRAS=test,itk          (ITK readers; optional: MONAI reads NIfTI with nibabel, DICOM with pydicom)
 
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-ifeq ($(shell command -v nvidia-smi 2>/dev/null),)
-TORCH_INDEX_OPT ?= --no-deps --index-url https://download.pytorch.org/whl/cpu
-else
 TORCH_INDEX_OPT ?=
-endif
 EXTRAS ?= test
 OUTPUT_DIR ?= bundle/eval
 SAMPLE := bundle/sample/mr_01_image.nii.gz
@@ -31,7 +27,7 @@ install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q $(TORCH_INDEX_OPT) "$(TORCH_SPEC)"
+	TORCH_INDEX_OPT="$(TORCH_INDEX_OPT)" bash .ci/torch.sh $(PY) "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	@touch $@
 

@@ -11,7 +11,7 @@ import nibabel as nib
 import pytest
 
 from grata_monai.bundle.console import InputsSkipped
-from grata_monai.bundle.intake import Intake, unusable_shape
+from grata_monai.bundle.intake import Intake
 from tests.conftest import DATA_DIR
 
 
@@ -49,12 +49,6 @@ def test_2d_and_multichannel_images_are_skipped_with_the_reason(tmp_path):
     reasons = dict(intake.failed)
     assert reasons[flat].startswith("a 2D image (16x16)") and reasons[slab].startswith("a 2D image (16x16x1)")
     assert reasons[rgb].startswith("3 channels") and reasons["notes.txt"] == "not a NIfTI file"
-
-
-@pytest.mark.parametrize("shape,ok", [((1, 8, 8, 4), True), ((1, 8, 8), False), ((2, 8, 8, 4), False),
-                                      ((1, 8, 8, 1), False), ((1, 8, 8, 4, 2), False)])
-def test_unusable_shape(shape, ok):
-    assert (unusable_shape(shape) is None) == ok
 
 
 def test_all_good_finishes_with_the_summary(tmp_path, capsys):

@@ -8,8 +8,10 @@ config's ``initialize``, installs a ``sys.excepthook`` that ends the output with
 (exit status 1) when a ``RunStopped`` is anywhere in the exception's chain. ``GRATA_DEBUG=1`` keeps
 the full traceback. Other exceptions are untouched. :func:`setup` also silences warnings we know
 to be harmless on every run (MONAI's nvImageCodec note on machines without it, the announced
-change of ``Orientationd``'s default labels) and, for ``python -m grata_monai.bundle`` (the only entry
-that runs before MONAI parses a config), MONAI's notice that a config can run code.
+change of ``Orientationd``'s default labels, torch's deprecation note on MONAI's sliding-window
+indexing) and, for ``python -m grata_monai.bundle`` (the only entry that runs before MONAI parses a
+config), MONAI's notice that a config can run code; MONAI Label's and MONAI Deploy's hosts of the
+bundle call :func:`quiet` too.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ KNOWN_WARNINGS = (
     ("NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register", UserWarning),
     # MONAI announces a future default of Orientationd(labels=...); the bundle's RAS is unaffected.
     (r".*Orientationd\.__init__:labels: Current default value", FutureWarning),
+    # torch on MONAI's sliding-window slicing (monai/inferers/utils.py indexes with a list).
+    ("Using a non-tuple sequence for multidimensional indexing is deprecated", UserWarning),
 )
 
 

@@ -2,9 +2,9 @@
 
 MONAI's evaluator stops at the first volume that fails, so one bad file would cost every other
 volume of the run. :class:`Intake` reads each volume once up front and keeps those the network can
-take: one channel, three spatial dimensions of at least two voxels, and, for DICOM folders, one
-complete series. Each other input is skipped and named in one line with its reason; nothing is
-written for it. After the run, :meth:`Intake.finish` prints the summary (volumes written, inputs
+take: for DICOM folders one complete series, then what the inference path's own input check
+(:class:`~grata_monai.bundle.checks.CheckInputd`) accepts, with the same reason when it refuses.
+Each other input is skipped and named in one line with its reason; nothing is written for it. After the run, :meth:`Intake.finish` prints the summary (volumes written, inputs
 skipped and why, where the outputs are); when anything was skipped it raises the summary as
 :class:`~grata_monai.bundle.console.InputsSkipped`, which a bundle run prints as its last lines
 with exit status 1.
@@ -18,33 +18,14 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from monai.transforms import LoadImage
 
+from grata_monai.bundle.checks import CheckInputd, unreadable, unusable_shape
 from grata_monai.bundle.console import InputsSkipped
-from grata_monai.bundle.dicom import DicomSeriesError, check_item
+from grata_monai.bundle.dicom import check_item
 from grata_monai.bundle.io import output_path
 
 __all__ = ["Intake", "unusable_shape"]
 
 logger = logging.getLogger(__name__)
-
-
-def unusable_shape(shape: Sequence[int]) -> str | None:
-    """Why an image of channel-first ``shape`` cannot be segmented, or None when it can."""
-    channels, spatial = shape[0], tuple(shape[1:])
-    size = "x".join(str(s) for s in spatial)
-    if len(spatial) < 3 or min(spatial) < 2:
-        return f"a 2D image ({size}); the model segments 3D volumes"
-    if len(spatial) > 3:
-        return f"{len(spatial)} spatial dimensions ({size}); the model segments 3D volumes"
-    if channels != 1:
-        return f"{channels} channels (a 4D image); the model takes one 3D volume of one channel"
-    return None
-
-
-def _one_line(error: Exception, path: str) -> str:
-    text = " ".join(str(error).split()).replace(f"'{path}': ", "")
-    if isinstance(error, DicomSeriesError):
-        return f"not one complete DICOM series: {text[:300]}"
-    return f"unreadable ({type(error).__name__}: {text[:300]})" if text else f"unreadable ({type(error).__name__})"
 
 
 class Intake:
@@ -56,6 +37,8 @@ class Intake:
         reader: the reader ``LoadImage`` should use (None: MONAI picks ITK, nibabel or pydicom).
         skipped: inputs already known to be unusable, as ``(path, reason)``, e.g. from
             ``grata_monai.bundle.io.list_ignored``.
+        check: the inference path's input check (the config's ``input_check``); None checks the
+            shape only (``unusable_shape``).
 
     Raises:
         InputsSkipped: (a ``RuntimeError``) when no volume at all can be used.
@@ -67,6 +50,7 @@ class Intake:
         key: str = "image",
         reader: str | None = None,
         skipped: Iterable[tuple[str, str]] = (),
+        check: CheckInputd | None = None,
     ) -> None:
         self.key = key
         self.items: list[Mapping] = []
@@ -77,9 +61,10 @@ class Intake:
         for item in items:
             try:
                 check_item(item, key)
-                reason = unusable_shape(load(item[key]).shape)
+                image = load(item[key])
+                reason = check.reason(image) if check is not None else unusable_shape(image.shape)
             except Exception as error:  # any reader error makes the input unusable
-                reason = _one_line(error, str(item[key]))
+                reason = unreadable(error, str(item[key]))
             if reason:
                 self._skip(str(item[key]), reason)
             else:

@@ -6,6 +6,12 @@ The pipeline is the SDK's own operators::
         -> MonaiBundleInferenceOperator (the bundle's inference.json, whose inferer is GraTaInferer)
         -> DICOMSegmentationWriterOperator (highdicom)  and  NiftiWriterOperator (this module)
 
+The bundle operator (:class:`GraTaBundleOperator`) also writes the volume's audit report (GraTa's
+steps, cosine, guard verdict, domain distance, ...) as ``seg_report.json`` beside the SEG; the run
+ends with one summary line naming the SEG, the NIfTI and the report. Known noise of a CPU run (the
+SDK's nvImageCodec notice, Holoscan's CUDA-driver warning and its closing "deadlock" line, which
+is how its scheduler reports a finished graph) is filtered.
+
 Run it on a folder of DICOM files with the bundle's TorchScript model (configs embedded)::
 
     python -m grata_monai.deploy.app -i /path/to/dicom -o ./output -m bundle/models/model.ts
@@ -20,7 +26,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -39,22 +48,39 @@ from monai.deploy.operators.monai_bundle_inference_operator import (
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
+from grata_monai.audit import reports_of
+from grata_monai.bundle.console import quiet, stop_reason
+from grata_monai.bundle.handlers import versions
 from grata_monai.deploy.segments import CATEGORY, SEGMENT_CODES, bundle_metadata, segment_labels
 
 __all__ = [
     "SERIES_RULES",
     "segment_descriptions",
+    "REPORT_NAME",
     "DICOMLoaderOperator",
+    "GraTaBundleOperator",
     "NiftiWriterOperator",
     "GraTaSegApp",
     "write_package_source",
     "main",
 ]
 
+REPORT_NAME = "seg_report.json"  # the audit report, beside the SEG and seg.nii.gz
+# What every CPU run logs and nobody can act on: the SDK's notes on its GPU-only nvImageCodec decoder
+# (Python logging, filtered), Holoscan's CUDA-driver warning and its closing "Scheduler stopped ...
+# deadlock" line (how its greedy scheduler reports a finished graph; C++ log, kept to errors).
+KNOWN_NOISE = ("nvimgcodec decoder plugin did not register", "Module nvidia.nvimgcodec is not available",
+               "CUDA driver version is insufficient", "no periodic or async entities to get out of the deadlock")
+
 # Select CT or MR image series (the first that matches when a study holds several).
 SERIES_RULES = json.dumps(
     {"selections": [{"name": "CT or MR series", "conditions": {"Modality": "(?i)(CT|MR)"}}]}
 )
+
+
+class _DropKnownNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in KNOWN_NOISE)
 
 
 def segment_descriptions(metadata: dict) -> list[SegmentDescription]:
@@ -107,6 +133,28 @@ class DICOMLoaderOperator(DICOMDataLoaderOperator):
         super().populate_series_attributes(series, sop_instance)
 
 
+class GraTaBundleOperator(MonaiBundleInferenceOperator):
+    """The SDK's bundle operator, writing the audit report the inferer attached to its output as
+    ``<output_folder>/seg_report.json`` (the input folder, the UTC time, the versions, then the
+    report's fields: docs/reliability.md). Arguments as the SDK's, plus ``output_folder`` and
+    ``input_folder`` (recorded in the report)."""
+
+    def __init__(self, fragment, *args, output_folder: Path, input_folder: Path, **kwargs) -> None:
+        self.output_folder, self.input_folder = Path(output_folder), Path(input_folder)
+        super().__init__(fragment, *args, **kwargs)
+
+    def predict(self, data: Any, *args, **kwargs) -> Any:
+        outputs = super().predict(data, *args, **kwargs)
+        for report in reports_of(outputs)[:1]:
+            written = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            record = {"input": str(self.input_folder), "written_utc": written, "versions": versions(), **report}
+            self.output_folder.mkdir(parents=True, exist_ok=True)
+            path = self.output_folder / REPORT_NAME
+            path.write_text(json.dumps(record, indent=1))
+            logging.info(f"wrote {path}")
+        return outputs
+
+
 class NiftiWriterOperator(Operator):
     """Write the segmentation ``Image`` (DHW, in the source series' grid) as ``<output>/seg.nii.gz``.
 
@@ -145,11 +193,15 @@ class GraTaSegApp(Application):
 
     def __init__(self, argv: list[str] | None = None, bundle: str | os.PathLike | None = None) -> None:
         self._argv, self._bundle = argv, bundle
+        self.output_folder: Path | None = None  # set when the app is composed (at run)
         super().__init__()
 
     def compose(self) -> None:
-        context: AppContext = Application.init_app_context(self._argv)
+        context: AppContext = Application.init_app_context(self._argv)  # (re)configures logging
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_DropKnownNoise())
         input_path, output_path = Path(context.input_path), Path(context.output_path)
+        self.output_folder = output_path
         bundle = Path(self._bundle or context.model_path)
         metadata = bundle_metadata(bundle)
         if bundle.is_dir() and (bundle / "configs" / "inference.json").is_file():
@@ -163,8 +215,10 @@ class GraTaSegApp(Application):
         loader = DICOMLoaderOperator(self, CountCondition(self, 1), input_folder=input_path, name="loader")
         selector = DICOMSeriesSelectorOperator(self, rules=SERIES_RULES, name="selector")
         to_volume = DICOMSeriesToVolumeOperator(self, name="to_volume")
-        infer = MonaiBundleInferenceOperator(
+        infer = GraTaBundleOperator(
             self,
+            output_folder=output_path,
+            input_folder=input_path,
             input_mapping=[IOMapping("image", Image, IOType.IN_MEMORY)],
             output_mapping=[IOMapping("pred", Image, IOType.IN_MEMORY)],
             app_context=context,
@@ -245,10 +299,40 @@ def write_package_source(dest: str | os.PathLike, grata_requirement: str = "grat
     return folder
 
 
+def summary(output: Path, seconds: float) -> str:
+    """The run's last line: the SEG, the NIfTI and the report written in ``output``, and what GraTa did."""
+    segs = sorted(output.glob("*.dcm"), key=lambda p: p.stat().st_mtime)
+    if not segs:
+        return f"no DICOM SEG written in {output} after {seconds:.0f} s (see the log above)"
+    report_path = output / REPORT_NAME
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    adapted = f"{len(report.get('steps', []))} GraTa step(s), guard {report.get('guard')}" if report else "no report"
+    return (f"done in {seconds:.0f} s: DICOM SEG {segs[-1]}, NIfTI {output / 'seg.nii.gz'}, report {report_path} "
+            f"({adapted})")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the app: ``python -m grata_monai.deploy.app -i <dicom folder> -o <output> -m <model.ts | bundle>``."""
+    """Run the app: ``python -m grata_monai.deploy.app -i <dicom folder> -o <output> -m <model.ts | bundle>``;
+    the last line says what was written, or, for an input the bundle refuses (``UnusableInput``: 2D,
+    several channels, too thin), ``error: <reason>`` with exit status 1 (``GRATA_DEBUG=1``: the
+    traceback). Holoscan's own log keeps to errors unless ``HOLOSCAN_LOG_LEVEL`` is set."""
+    from holoscan.logger import LogLevel, set_log_level
+
     logging.basicConfig(level=logging.INFO)
-    GraTaSegApp(argv).run()
+    if "HOLOSCAN_LOG_LEVEL" not in os.environ:
+        set_log_level(LogLevel.ERROR)
+    quiet()
+    start = time.time()
+    app = GraTaSegApp(argv)
+    try:
+        app.run()
+    except Exception as error:  # an input the bundle refuses (or another stop) ends in its one line
+        reason = stop_reason(error)
+        if reason is None or os.environ.get("GRATA_DEBUG", "") not in ("", "0"):
+            raise
+        raise SystemExit(f"error: {reason}") from None
+    if app.output_folder is not None:
+        print(summary(app.output_folder, time.time() - start), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,16 @@
-"""The bundle inside MONAI Label 0.8.5: its own `monaibundle` sample app, offline, on a real MR volume.
+"""The bundle inside MONAI Label 0.8.5, offline, on the bundle's own sample (no outside data).
 
-Runs in the MONAI Label env (`.ci/label.sh`); skipped where monailabel is not installed, where the
-real data or the bundle's model is absent. The bundle is served from a temporary copy of the sample
-app whose `model/grata_abdomen/` holds the bundle's metadata, its weights (linked, not copied) and
-an inference.json with small adaptation settings, so CPU requests take seconds.
+Runs in the MONAI Label env (`.ci/label.sh`, which fails when anything here skips); skipped where
+monailabel is not installed. The app is `grata_monai.label.app.write_app`'s: the bundle under
+`model/grata_abdomen/` with small adaptation settings, so CPU requests take seconds. The studies
+are the sample, a copy cropped to its upper half (a second patient for the concurrency test) and
+bad inputs: a text file named `.nii.gz`, a 2D image, a 4-slice 31 mm slab.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
 import threading
 from pathlib import Path
 
@@ -23,58 +22,44 @@ monailabel = pytest.importorskip("monailabel", reason="MONAI Label is not instal
 nib = pytest.importorskip("nibabel")
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA_DIR = Path(os.environ.get("GRATA_DATA_DIR", ROOT.parent / "shared" / "data"))
 BUNDLE_DIR = Path(os.environ.get("GRATA_BUNDLE_DIR", ROOT / "bundle"))
+SAMPLE = BUNDLE_DIR / "sample" / "mr_01_image.nii.gz"
 MODEL_NAME = "grata_abdomen"
-VOLUMES = ("mr_01_image.nii.gz", "mr_05_image.nii.gz")
+IMAGES = ("mr_01_image", "mr_01_upper")  # two volumes for the concurrency test
+CPU = {"params": '{"device": "cpu"}'}  # the request's form
 SMALL = {"steps": 2, "patches_per_step": 1, "sw_batch_size": 2}  # adaptation settings for CPU tests
 
-pytestmark = pytest.mark.realdata
 
-
-def _sample_app() -> Path:
-    """The monaibundle sample app shipped with the monailabel wheel (under the env's prefix)."""
-    for base in (Path(sys.prefix), Path(monailabel.__file__).resolve().parents[3]):
-        app = base / "monailabel" / "sample-apps" / "monaibundle"
-        if (app / "main.py").is_file():
-            return app
-    pytest.skip(f"monaibundle sample app not found under {sys.prefix}/monailabel/sample-apps")
+def _save(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    nib.save(nib.Nifti1Image(array, affine), str(path))
 
 
 @pytest.fixture(scope="module")
 def label_app(tmp_path_factory):
     """A MONAI Label app instance (the server's own factory) serving the bundle, plus its studies folder."""
-    for volume in VOLUMES:
-        if not (DATA_DIR / "abdomen" / "mr" / volume).is_file():
-            pytest.skip(f"real MR volume {volume} not found in {DATA_DIR}/abdomen/mr (set GRATA_DATA_DIR)")
-    for name in ("configs/inference.json", "configs/metadata.json", "models/model.pt"):
-        if not (BUNDLE_DIR / name).is_file():
-            pytest.skip(f"bundle file {BUNDLE_DIR / name} not found (set GRATA_BUNDLE_DIR or build the bundle)")
+    from grata_monai.label.app import write_app
 
     tmp = tmp_path_factory.mktemp("monailabel")
-    app_dir = tmp / "monaibundle"
-    shutil.copytree(_sample_app(), app_dir)
-    bundle = app_dir / "model" / MODEL_NAME
-    (bundle / "configs").mkdir(parents=True)
-    (bundle / "models").mkdir()
-    shutil.copy(BUNDLE_DIR / "configs" / "metadata.json", bundle / "configs")
-    config = json.loads((BUNDLE_DIR / "configs" / "inference.json").read_text())
+    app_dir = write_app(tmp / "app", BUNDLE_DIR, MODEL_NAME)
+    config_path = app_dir / "model" / MODEL_NAME / "configs" / "inference.json"
+    config = json.loads(config_path.read_text())
     config["inferer"].update(SMALL)
-    (bundle / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
-    (bundle / "models" / "model.pt").symlink_to(BUNDLE_DIR / "models" / "model.pt")
-    if (BUNDLE_DIR / "LICENSE").is_file():
-        shutil.copy(BUNDLE_DIR / "LICENSE", bundle)
+    config_path.write_text(json.dumps(config, indent=2))
 
     studies = tmp / "studies"
     studies.mkdir()
-    for volume in VOLUMES:
-        shutil.copyfile(DATA_DIR / "abdomen" / "mr" / volume, studies / volume)  # a writable tmp copy: the datastore works in this folder
+    image = nib.load(SAMPLE)
+    array, affine = np.asarray(image.dataobj), image.affine
+    _save(studies / "mr_01_image.nii.gz", array, affine)
+    _save(studies / "mr_01_upper.nii.gz", array[:, :, array.shape[2] // 2:], affine)
+    (studies / "notes.nii.gz").write_text("this is not an image\n")
+    _save(studies / "flat.nii.gz", array[:, :, 18:19], affine)  # one slice
+    _save(studies / "slab.nii.gz", array[:, :, 16:20], np.diag([1.25, 1.25, 7.75, 1.0]))  # 4 slices, 31 mm
 
     from monailabel.config import settings
     from monailabel.interfaces.utils.app import app_instance
 
-    # zoo_source other than "monaihosting": bundles come from app_dir/model only, nothing is downloaded.
-    conf = {"models": MODEL_NAME, "zoo_source": "local", "sam2": "false", "skip_trainers": "true", "preload": "false"}
+    conf = {"preload": "false"}
     settings.MONAI_LABEL_APP_DIR, settings.MONAI_LABEL_STUDIES = str(app_dir), str(studies)
     settings.MONAI_LABEL_APP_CONF = conf
     app = app_instance(str(app_dir), str(studies), conf)
@@ -82,44 +67,25 @@ def label_app(tmp_path_factory):
 
 
 def _task(app):
-    from monailabel.tasks.infer.bundle import BundleInferTask
+    from grata_monai.label.app import GraTaInferTask
 
     task = app._infers[MODEL_NAME]
-    assert isinstance(task, BundleInferTask) and task.is_valid()
+    assert isinstance(task, GraTaInferTask) and task.is_valid()
     return task
 
 
-def _infer(app, image_id: str) -> np.ndarray:
-    """One infer request as the /infer endpoint makes it; the label array."""
+def _infer(app, image_id: str) -> tuple[np.ndarray, dict]:
+    """One infer request as the /infer endpoint makes it: the label array (its file's dtype) and the result JSON."""
     result = app.infer({"model": MODEL_NAME, "image": image_id, "device": "cpu", "save_label": False})
-    return np.asarray(nib.load(result["file"]).dataobj)
-
-
-def _infer_with_report(app, image_id: str) -> tuple[np.ndarray, dict | None]:
-    """:func:`_infer`, and the GraTa report the inferer attached to its output (MONAI Label keeps
-    only the tensor, so the test reads it at the inferer's return). Not for concurrent requests."""
-    from unittest import mock
-
-    from grata_monai import GraTaInferer, reports_of
-
-    reports, call = [], GraTaInferer.__call__
-
-    def spy(self, *args, **kwargs):
-        out = call(self, *args, **kwargs)
-        reports.extend(reports_of(out))
-        return out
-
-    with mock.patch.object(GraTaInferer, "__call__", spy):
-        label = _infer(app, image_id)
-    return label, reports[-1] if reports else None
+    return np.asarray(nib.load(result["file"]).dataobj), result["params"]
 
 
 def _state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in network.state_dict().items()}
 
 
-def test_bundle_loads_as_bundle_infer_task(label_app):
-    """The monaibundle app offline: our bundle is a valid BundleInferTask with channel_def labels and GraTa."""
+def test_bundle_loads_as_grata_infer_task(label_app):
+    """The app offline: our bundle is a GraTaInferTask (a BundleInferTask) with channel_def labels and GraTa."""
     from grata_monai import GraTaInferer
 
     app, _ = label_app
@@ -132,24 +98,30 @@ def test_bundle_loads_as_bundle_infer_task(label_app):
     assert MODEL_NAME in app.info()["models"]
 
 
-def test_infer_request_returns_adapted_segmentation_and_keeps_network(label_app):
-    """An infer request on a real MR volume: adapted (GraTa steps ran) label map in the input's grid;
-    the network MONAI Label caches is unchanged afterwards."""
+def test_infer_returns_uint8_adapted_segmentation_with_its_report(label_app, caplog):
+    """An infer request on the sample: a uint8 label map in the input's grid; the GraTa report (steps,
+    cosine, guard, domain distance) in the result JSON and the log; the cached network unchanged."""
     from grata_monai.audit import checksum
+    from grata_monai.label.app import REPORT_FIELD
 
     app, studies = label_app
     task = _task(app)
     network = task._get_network("cpu", {})  # the network MONAI Label caches per device
     before = _state(network)
 
-    label, report = _infer_with_report(app, "mr_01_image")
+    with caplog.at_level("INFO", logger="grata_monai.label.app"):
+        label, result = _infer(app, IMAGES[0])
 
-    image = nib.load(studies / VOLUMES[0])
-    assert label.shape[:3] == image.shape[:3], "the label is restored to the input's grid"
+    assert label.dtype == np.uint8, "the label file is uint8, as the bundle writes it"
+    assert label.shape[:3] == nib.load(studies / "mr_01_image.nii.gz").shape[:3], "restored to the input's grid"
     assert set(np.unique(label)) <= {0, 1, 2, 3, 4}
     assert (label == 1).sum() > 1000, "expected a liver on an abdominal MR"
-    assert report is not None and len(report["steps"]) == SMALL["steps"], "GraTa adapted on this volume"
+    report = result[REPORT_FIELD]
+    assert len(report["steps"]) == SMALL["steps"] and all("cosine" in s for s in report["steps"])
+    assert report["guard"] is None or isinstance(report["guard"], str)
+    assert report["domain_distance"] is not None, "the bundle's norm_stats='auto' measures the domain distance"
     assert report["source_sha256"] == checksum(network)
+    assert any(r.getMessage().startswith(f"GraTa report: {SMALL['steps']} step(s), cosine [") for r in caplog.records)
 
     assert task._get_network("cpu", {}) is network, "MONAI Label reuses its cached network"
     after = network.state_dict()
@@ -162,40 +134,119 @@ def test_infer_request_returns_adapted_segmentation_and_keeps_network(label_app)
 def test_concurrent_requests_match_sequential(label_app):
     """Two requests on different volumes, at once, give what the same requests give one after the other."""
     app, _ = label_app
-    sequential = [_infer(app, Path(v).name.split(".")[0]) for v in VOLUMES]
+    sequential = [_infer(app, image)[0] for image in IMAGES]
 
     results: dict[int, np.ndarray] = {}
     errors: list[BaseException] = []
-    barrier = threading.Barrier(len(VOLUMES))
+    barrier = threading.Barrier(len(IMAGES))
 
-    def worker(i: int, volume: str) -> None:
+    def worker(i: int, image: str) -> None:
         try:
             barrier.wait()
-            results[i] = _infer(app, Path(volume).name.split(".")[0])
+            results[i] = _infer(app, image)[0]
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=worker, args=(i, v)) for i, v in enumerate(VOLUMES)]
+    threads = [threading.Thread(target=worker, args=(i, v)) for i, v in enumerate(IMAGES)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors, errors
-    for i in range(len(VOLUMES)):
-        assert np.array_equal(results[i], sequential[i]), f"{VOLUMES[i]}: concurrent result differs from sequential"
+    assert sequential[0].shape != sequential[1].shape
+    for i in range(len(IMAGES)):
+        assert np.array_equal(results[i], sequential[i]), f"{IMAGES[i]}: concurrent result differs from sequential"
 
 
-def test_infer_over_http(label_app):
-    """The server's REST route: POST /infer/<model>?image=<id> returns the label file."""
+def test_infer_over_http_returns_label_and_report(label_app):
+    """The server's REST routes: POST /infer/<model>?image=<id> returns the uint8 label file; an image
+    uploaded with PUT /datastore/image lands in the studies folder, and its infer request with
+    output=json returns the result JSON holding the GraTa report."""
     from fastapi.testclient import TestClient
     from monailabel.app import app as server
 
+    from grata_monai.label.app import REPORT_FIELD
+
     _, studies = label_app
     with TestClient(server) as client:
-        response = client.post(f"/infer/{MODEL_NAME}?image=mr_05_image&output=image", data={"params": '{"device": "cpu"}'})
+        response = client.post(f"/infer/{MODEL_NAME}?image={IMAGES[1]}&output=image", data=CPU)
         assert response.status_code == 200, response.text[:500]
         out = studies.parent / "http_label.nii.gz"
         out.write_bytes(response.content)
-    label = np.asarray(nib.load(out).dataobj)
-    assert label.shape[:3] == nib.load(studies / VOLUMES[1]).shape[:3]
-    assert set(np.unique(label)) <= {0, 1, 2, 3, 4}
+        with open(studies / "mr_01_upper.nii.gz", "rb") as f:
+            response = client.put("/datastore/image?image=uploaded", files={"file": ("uploaded.nii.gz", f)})
+        assert response.status_code == 200 and response.json() == {"image": "uploaded"}, response.text[:500]
+        assert (studies / "uploaded.nii.gz").is_file()
+        response = client.post(f"/infer/{MODEL_NAME}?image=uploaded&output=json", data=CPU)
+        assert response.status_code == 200, response.text[:500]
+        assert len(response.json()[REPORT_FIELD]["steps"]) == SMALL["steps"]
+    label = nib.load(out)
+    assert label.get_data_dtype() == np.uint8
+    assert label.shape[:3] == nib.load(studies / "mr_01_upper.nii.gz").shape[:3]
+    assert set(np.unique(np.asarray(label.dataobj))) <= {0, 1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("image", ["notes", "flat", "slab"])
+def test_bad_input_gets_422_with_the_bundle_runs_reason(label_app, image):
+    """A text file named .nii.gz, a 2D image and a 31 mm slab: HTTP 422 whose detail is the one-line
+    reason the bundle's own run gives for the same file (its intake), not a bare 500."""
+    from fastapi.testclient import TestClient
+    from monai.bundle import ConfigParser
+    from monailabel.app import app as server
+
+    from grata_monai.bundle.intake import Intake
+
+    _, studies = label_app
+    path = studies / f"{image}.nii.gz"
+    config = ConfigParser()
+    config.read_config(str(BUNDLE_DIR / "configs" / "inference.json"))
+    intake = Intake([{"image": str(path)}, {"image": str(studies / "mr_01_image.nii.gz")}],
+                    check=config.get_parsed_content("input_check"))
+    expected = dict(intake.failed)[str(path)].replace(str(path), path.name)
+    with TestClient(server) as client:
+        response = client.post(f"/infer/{MODEL_NAME}?image={image}&output=image", data=CPU)
+    assert response.status_code == 422, response.text[:500]
+    detail = response.json()["detail"]
+    assert "\n" not in detail
+    if image == "notes":  # the reader's message names the file where MONAI Label put it: compare the kind
+        assert detail.startswith("unreadable (") and expected.startswith("unreadable (")
+    else:
+        assert detail == expected
+    assert {"notes": "unreadable", "flat": "a 2D image", "slab": "too thin"}[image] in detail
+
+
+def test_info_is_served_while_an_inference_runs(label_app):
+    """Inference runs off the event loop: a GET /info sent while an infer request runs is answered
+    before that request ends (stock MONAI Label 0.8.5 answers it only after)."""
+    from fastapi.testclient import TestClient
+    from monailabel.app import app as server
+
+    from grata_monai.label.app import infer_off_the_event_loop
+
+    assert infer_off_the_event_loop() is False, "the app already replaced the route"
+    started, events = threading.Event(), []
+    task = _task(label_app[0])
+    original = task.run_inferer
+
+    def slow_inferer(*args, **kwargs):  # marks that the inference is under way
+        started.set()
+        out = original(*args, **kwargs)
+        events.append("infer computed")
+        return out
+
+    with TestClient(server) as client:
+        def infer() -> None:
+            response = client.post(f"/infer/{MODEL_NAME}?image={IMAGES[0]}&output=json", data=CPU)
+            events.append(f"infer {response.status_code}")
+
+        worker = threading.Thread(target=infer)
+        task.run_inferer = slow_inferer
+        try:
+            worker.start()
+            assert started.wait(600), "the inference did not start"
+            response = client.get("/info/")
+            events.append(f"info {response.status_code}")
+            worker.join(600)
+        finally:
+            del task.run_inferer
+    assert events == ["info 200", "infer computed", "infer 200"], events
