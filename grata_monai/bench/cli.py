@@ -12,6 +12,7 @@ from grata_monai.bench.cache import build_cache
 from grata_monai.bench.dice import print_dice
 from grata_monai.bench.report import write_report
 from grata_monai.bench.study import run_study
+from grata_monai.bench.throughput import run_throughput
 from grata_monai.bundle.wrap import wrap_command
 
 __all__ = ["main"]
@@ -35,6 +36,7 @@ COMMANDS = {
     "reference": _quiet(run_reference),
     "volumes": _quiet(run_volumes),
     "report": _quiet(write_report),
+    "throughput": _quiet(run_throughput),
     "wrap": wrap_command,
     "dice": print_dice,
 }
