@@ -120,6 +120,8 @@ class AdaptiveInferer(Inferer):
             in-domain volumes, the volume's for shifted ones (docs/reliability.md).
         reference_histogram: the source training data's intensity histogram
             (``grata-monai reference``), needed by ``"auto"``.
+        settle_windows: settle the volume's statistics on only this many windows, those with the
+            most body (``sampling.windows``); None: all of them.
         blend_range: the histogram distances where ``"auto"`` starts and ends blending.
         adapt_params: which parameters adapt, from ``norms.PARAM_SCOPES`` (``"norm"``: the paper's
             norm-layer affine parameters).
@@ -151,6 +153,7 @@ class AdaptiveInferer(Inferer):
         foreground_threshold: float = 0.1,
         norm_stats: str = "volume",
         reference_histogram: Sequence[float] | None = None,
+        settle_windows: int | None = None,
         blend_range: Sequence[float] = defaults.BLEND_RANGE,
         adapt_params: str = "norm",
         guard: bool = True,
@@ -169,6 +172,8 @@ class AdaptiveInferer(Inferer):
             raise ValueError(f"blend_range must be (low, high) with 0 <= low < high, got {blend_range}.")
         if adapt_params not in PARAM_SCOPES:
             raise ValueError(f"Unknown parameter scope {adapt_params!r}; choose from {PARAM_SCOPES}.")
+        if settle_windows is not None and settle_windows < 1:
+            raise ValueError(f"settle_windows must be None (all) or >= 1, got {settle_windows}.")
         if steps < 0 or patches_per_step < 1:
             raise ValueError(f"Need steps >= 0 and patches_per_step >= 1, got {steps} and {patches_per_step}.")
         self.sliding = SlidingWindowInferer(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, **kwargs)
@@ -176,6 +181,7 @@ class AdaptiveInferer(Inferer):
         self.steps, self.patches_per_step, self.lr0 = steps, patches_per_step, lr0
         self.optimizer, self.episodic, self.amp, self.seed = optimizer, episodic, amp, seed
         self.sigmoid, self.foreground_threshold, self.norm_stats = sigmoid, foreground_threshold, norm_stats
+        self.settle_windows = settle_windows
         self.adapt_params, self.blend_range = adapt_params, (float(blend_range[0]), float(blend_range[1]))
         self.reference_histogram = [float(v) for v in reference_histogram] if reference_histogram else None
         self.guard = DivergenceGuard(guard_entropy_tolerance, guard_volume_ratio) if guard else None
@@ -212,7 +218,7 @@ class AdaptiveInferer(Inferer):
     def settings(self) -> dict:
         """The method's settings, for reports."""
         keys = ("roi_size", "steps", "patches_per_step", "lr0", "optimizer", "episodic", "amp", "seed", "norm_stats")
-        keys += ("adapt_params", "sigmoid", "blend_range")
+        keys += ("adapt_params", "sigmoid", "blend_range", "settle_windows")
         return {"method": self.method, **{k: getattr(self, k) for k in keys}, "guard": self.guard is not None}
 
     # --- one volume -----------------------------------------------------------------------------
@@ -261,7 +267,7 @@ class AdaptiveInferer(Inferer):
             report.domain_distance = histogram_distance(volume, self.reference_histogram)
             weight = volume_weight(report.domain_distance, self.blend_range)
         if weight > 0:
-            settle_batch_norm_statistics(episode.network, windows(volume, self.roi_size, device))
+            settle_batch_norm_statistics(episode.network, windows(volume, self.roi_size, device, self.settle_windows))
         blend_batch_norm_statistics(episode.network, episode.source, weight)
         episode.network.eval()
         report.volume_statistics_weight = weight
