@@ -6,6 +6,8 @@ bundle's ``configs/inference.json`` (inferer, ``roi_size``) and ``metadata.json`
 
 from __future__ import annotations
 
+import torch
+
 __all__ = [
     "ROI_SIZE",
     "SW_BATCH_SIZE",
@@ -25,6 +27,8 @@ __all__ = [
     "BUNDLE_NORM_STATS",
     "HISTOGRAM_BINS",
     "BODY_FLOOR",
+    "DEVICE_SETTINGS",
+    "for_device",
 ]
 
 ROI_SIZE = (96, 96, 48)  # sliding windows and adaptation patches (voxels of 2 x 2 x 4 mm)
@@ -73,3 +77,22 @@ PRESETS = {
         "guard": False,
     },
 }
+
+# The adaptation settings that follow the device the inferer runs on (the bundle reads them with
+# for_device(@device)). On a CPU every patch pass costs about a sliding window: one patch, one weak
+# view, no guard and statistics settled on the two windows with the most body keep GraTa within 2x
+# plain end to end (docs/benchmarks/throughput_cpu.md; Dice cost in docs/benchmarks/cpu_preset.json).
+DEVICE_SETTINGS = {
+    "cuda": {
+        "patches_per_step": PATCHES_PER_STEP,
+        "weak_transforms": WEAK_TRANSFORMS,
+        "guard": True,
+        "settle_windows": None,
+    },
+    "cpu": {"patches_per_step": 1, "weak_transforms": ("flip1",), "guard": False, "settle_windows": 2},
+}
+
+
+def for_device(device: torch.device | str) -> dict:
+    """The adaptation settings for ``device``: the CPU's on a CPU, the GPU's (the study's) elsewhere."""
+    return dict(DEVICE_SETTINGS["cpu" if torch.device(device).type == "cpu" else "cuda"])
