@@ -79,17 +79,24 @@ PRESETS = {
 }
 
 # The adaptation settings that follow the device the inferer runs on (the bundle reads them with
-# for_device(@device)). On a CPU every patch pass costs about a sliding window: one patch, one weak
-# view, no guard and statistics settled on the two windows with the most body keep GraTa within 2x
-# plain end to end (docs/benchmarks/throughput_cpu.md; Dice cost in docs/benchmarks/cpu_preset.json).
+# for_device(@device)). On a CPU every patch pass costs about a sliding window: one smaller patch, one
+# weak view and statistics settled on the four windows with the most body keep GraTa within 2x plain
+# end to end (docs/benchmarks/throughput_cpu.md; Dice cost in docs/benchmarks/cpu_preset.json).
 DEVICE_SETTINGS = {
     "cuda": {
         "patches_per_step": PATCHES_PER_STEP,
+        "patch_size": None,
         "weak_transforms": WEAK_TRANSFORMS,
         "guard": True,
         "settle_windows": None,
     },
-    "cpu": {"patches_per_step": 1, "weak_transforms": ("flip1",), "guard": False, "settle_windows": 2},
+    "cpu": {
+        "patches_per_step": 1,
+        "patch_size": (64, 64, 32),
+        "weak_transforms": ("flip1",),
+        "guard": True,
+        "settle_windows": 4,
+    },
 }
 
 

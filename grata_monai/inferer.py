@@ -120,6 +120,7 @@ class AdaptiveInferer(Inferer):
             in-domain volumes, the volume's for shifted ones (docs/reliability.md).
         reference_histogram: the source training data's intensity histogram
             (``grata-monai reference``), needed by ``"auto"``.
+        patch_size: the size of the adaptation patches; None: ``roi_size``.
         settle_windows: settle the volume's statistics on only this many windows, those with the
             most body (``sampling.windows``); None: all of them.
         blend_range: the histogram distances where ``"auto"`` starts and ends blending.
@@ -153,6 +154,7 @@ class AdaptiveInferer(Inferer):
         foreground_threshold: float = 0.1,
         norm_stats: str = "volume",
         reference_histogram: Sequence[float] | None = None,
+        patch_size: Sequence[int] | None = None,
         settle_windows: int | None = None,
         blend_range: Sequence[float] = defaults.BLEND_RANGE,
         adapt_params: str = "norm",
@@ -182,6 +184,7 @@ class AdaptiveInferer(Inferer):
         self.optimizer, self.episodic, self.amp, self.seed = optimizer, episodic, amp, seed
         self.sigmoid, self.foreground_threshold, self.norm_stats = sigmoid, foreground_threshold, norm_stats
         self.settle_windows = settle_windows
+        self.patch_size = tuple(patch_size) if patch_size is not None else self.roi_size
         self.adapt_params, self.blend_range = adapt_params, (float(blend_range[0]), float(blend_range[1]))
         self.reference_histogram = [float(v) for v in reference_histogram] if reference_histogram else None
         self.guard = DivergenceGuard(guard_entropy_tolerance, guard_volume_ratio) if guard else None
@@ -218,7 +221,7 @@ class AdaptiveInferer(Inferer):
     def settings(self) -> dict:
         """The method's settings, for reports."""
         keys = ("roi_size", "steps", "patches_per_step", "lr0", "optimizer", "episodic", "amp", "seed", "norm_stats")
-        keys += ("adapt_params", "sigmoid", "blend_range", "settle_windows")
+        keys += ("adapt_params", "sigmoid", "blend_range", "patch_size", "settle_windows")
         return {"method": self.method, **{k: getattr(self, k) for k in keys}, "guard": self.guard is not None}
 
     # --- one volume -----------------------------------------------------------------------------
@@ -236,7 +239,7 @@ class AdaptiveInferer(Inferer):
         if self.steps == 0:
             return episode
         use_test_statistics(episode.network)  # a continual episode left them in inference mode
-        sample = body_patches(volume, self.roi_size, self.patches_per_step, episode.rng, device, self.foreground_threshold)
+        sample = body_patches(volume, self.patch_size, self.patches_per_step, episode.rng, device, self.foreground_threshold)
         if self.guard is not None:
             heldout = sample()
             theta0 = [p.detach().clone() for p in episode.params]

@@ -120,6 +120,7 @@ def test_bundle_inferer_takes_the_device_settings(device):
     expected = defaults.for_device(device)
     assert (inferer.patches_per_step, inferer.weak_transforms) == (expected["patches_per_step"], expected["weak_transforms"])
     assert (inferer.guard is not None, inferer.settle_windows) == (expected["guard"], expected["settle_windows"])
+    assert inferer.patch_size == tuple(expected["patch_size"] or defaults.ROI_SIZE)
 
 
 def test_preprocessing_identical_in_train_validate_and_inference():

@@ -189,6 +189,24 @@ def test_settle_windows_limits_the_statistics(unet, volume):
     assert reports_of(two)[0]["settings"]["settle_windows"] == 2
 
 
+def test_patch_size_sets_the_adaptation_patches(unet, volume, monkeypatch):
+    import grata_monai.inferer as module
+
+    sizes = []
+    real = module.body_patches
+
+    def spy(volume, size, *args, **kwargs):
+        sizes.append(tuple(size))
+        return real(volume, size, *args, **kwargs)
+
+    monkeypatch.setattr(module, "body_patches", spy)
+    with torch.no_grad():
+        out = grata(patch_size=(8, 8, 8))(volume, unet)
+        grata()(volume, unet)
+    assert sizes == [(8, 8, 8), ROI] and torch.isfinite(out).all()
+    assert reports_of(out)[0]["settings"]["patch_size"] == [8, 8, 8]
+
+
 def test_volume_smaller_than_roi(unet):
     small = torch.rand(1, 1, 10, 12, 8)
     with torch.no_grad():

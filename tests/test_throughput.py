@@ -11,7 +11,12 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from grata_monai.bench.throughput import STAGES, loader_workers, run_throughput, split_pipeline
+from grata_monai.bench.throughput import (
+    STAGES,
+    loader_workers,
+    run_throughput,
+    split_pipeline,
+)
 from tests.conftest import BUNDLE_DIR, tiny_unet
 
 
@@ -67,7 +72,8 @@ def test_split_pipeline_matches_the_bundle_preprocessing(tmp_path):
         assert torch.allclose(staged.as_tensor(), today.as_tensor())
         assert [type(t).__name__ for t in write.transforms] == ["SaveImaged"]
         assert "Invertd" in [type(t).__name__ for t in post.transforms]
-    assert type(split_pipeline(preprocessing, postprocessing, torch.device("cpu"))[1].transforms[0]).__name__ == "EnsureTyped"
+    first = split_pipeline(preprocessing, postprocessing, torch.device("cpu"))[1].transforms[0]
+    assert type(first).__name__ == "EnsureTyped"
 
 
 def test_split_pipeline_needs_a_loader_and_a_writer():

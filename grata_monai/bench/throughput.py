@@ -33,9 +33,10 @@ from grata_monai.audit import reports_of
 from grata_monai.bench import paths
 from grata_monai.bench.benchmark import _git_revision, device_name
 
-__all__ = ["STAGES", "loader_workers", "split_pipeline", "run_throughput", "write_markdown"]
+__all__ = ["STAGES", "loader_workers", "run_throughput", "split_pipeline", "write_markdown"]
 
 STAGES = ("load", "preprocess", "wait", "adapt", "infer", "postprocess", "write")
+GRATA_KEYS = ("steps", "patches_per_step", "patch_size", "weak_transforms", "guard", "settle_windows", "amp")
 SLIDING_KEYS = ("roi_size", "sw_batch_size", "overlap", "mode", "sigma_scale", "padding_mode", "cval")
 
 
@@ -266,9 +267,9 @@ def run_throughput(
         total = repeats * len(passes) * len(items)
         with tqdm(total=total, unit="vol", desc="throughput") as bar:
             for r in range(repeats):
-                for method in passes:
+                for method, done in passes.items():
                     bar.set_description(f"{method} {r + 1}/{repeats}")
-                    passes[method].append(pipe.run_pass(method, items, workers, bar))
+                    done.append(pipe.run_pass(method, items, workers, bar))
     results = {
         "device": device_name(dev),
         "git_revision": _git_revision(),
@@ -312,12 +313,15 @@ def write_markdown(results: dict) -> str:
     lines = [
         f"# Throughput: {results['device']}",
         "",
-        f"Revision `{results['git_revision']}`; {len(s['volumes'])} volumes from `{s['dataset_dir']}`, "
+        (f"Revision `{results['git_revision']}`; {len(s['volumes'])} volumes from `{s['dataset_dir']}`, "
         f"{s['repeats']} passes per method; {s['num_workers']} loader workers, preprocessing on "
         f"{'the device' if s['device_preprocessing'] else 'the CPU workers'}; {results['cpu_count']} cores, "
         f"{results['torch_threads']} torch threads, load average {results['load_average']['before'][0]:.1f} "
         f"before and {results['load_average']['after'][0]:.1f} after. Seconds are means per volume; "
-        "load and CPU preprocessing overlap compute, `wait` is the loop's stall for them.",
+        "load and CPU preprocessing overlap compute, `wait` is the loop's stall for them."),
+        "",
+        (f"Plain: `SlidingWindowInferer` {json.dumps(s['plain'])}. GraTa: the bundle's `inferer` "
+         f"{json.dumps({k: s['grata'].get(k) for k in GRATA_KEYS})}."),
         "",
         f"| method | volumes/s | {' | '.join(STAGES)} | {memory} (MiB) |",
         "|---|---|" + "---|" * len(STAGES) + "---|",
