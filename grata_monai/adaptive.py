@@ -132,6 +132,9 @@ class AdaptiveInferer(Inferer):
             tries (0: the source's, 1: the volume's).
         reference_histogram: the source training data's intensity histogram
             (``grata-monai reference``), needed by ``"auto"``.
+        patch_size: the size of the adaptation patches; None: ``roi_size``.
+        settle_windows: settle the volume's statistics on only this many windows, those with the
+            most body (``sampling.windows``); None: all of them.
         blend_range: the histogram distances where ``"auto"`` starts and ends blending.
         adapt_params: which parameters adapt, from ``norms.PARAM_SCOPES`` (``"norm"``: the paper's
             norm-layer affine parameters).
@@ -167,6 +170,8 @@ class AdaptiveInferer(Inferer):
         norm_stats: str = "volume",
         statistics_candidates: Sequence[float] = defaults.STATISTICS_CANDIDATES,
         reference_histogram: Sequence[float] | None = None,
+        patch_size: Sequence[int] | None = None,
+        settle_windows: int | None = None,
         blend_range: Sequence[float] = defaults.BLEND_RANGE,
         adapt_params: str = "norm",
         guard: bool | DivergenceGuard = True,
@@ -196,6 +201,8 @@ class AdaptiveInferer(Inferer):
             raise ValueError(f"blend_range must be (low, high) with 0 <= low < high, got {blend_range}.")
         if adapt_params not in PARAM_SCOPES:
             raise ValueError(f"Unknown parameter scope {adapt_params!r}; choose from {PARAM_SCOPES}.")
+        if settle_windows is not None and settle_windows < 1:
+            raise ValueError(f"settle_windows must be None (all) or >= 1, got {settle_windows}.")
         if steps < 0 or patches_per_step < 1:
             raise ValueError(f"Need steps >= 0 and patches_per_step >= 1, got {steps} and {patches_per_step}.")
         if not isinstance(guard, (bool, DivergenceGuard)):
@@ -213,6 +220,8 @@ class AdaptiveInferer(Inferer):
         self.adapt_params, self.blend_range = adapt_params, (float(blend_range[0]), float(blend_range[1]))
         self.reference_histogram = [float(v) for v in reference_histogram] if reference_histogram else None
         self.statistics_candidates = tuple(float(w) for w in statistics_candidates)
+        self.settle_windows = settle_windows
+        self.patch_size = tuple(patch_size) if patch_size is not None else self.roi_size
         self.guard = guard if isinstance(guard, DivergenceGuard) else DivergenceGuard() if guard else None
         self._episode: Episode | None = None  # the continual state
         self._lock = threading.Lock()
@@ -247,7 +256,7 @@ class AdaptiveInferer(Inferer):
     def settings(self) -> dict:
         """The method's settings, for reports."""
         keys = ("roi_size", "steps", "patches_per_step", "lr0", "optimizer", "episodic", "amp", "seed", "norm_stats")
-        keys += ("adapt_params", "sigmoid", "blend_range", "statistics_candidates")
+        keys += ("adapt_params", "sigmoid", "blend_range", "statistics_candidates", "patch_size", "settle_windows")
         return {"method": self.method, **{k: getattr(self, k) for k in keys}, "guard": self.guard is not None}
 
     # --- one volume -----------------------------------------------------------------------------
@@ -266,7 +275,7 @@ class AdaptiveInferer(Inferer):
             return episode
         use_test_statistics(episode.network)  # a continual episode left them in inference mode
         sample = body_patches(
-            volume, self.roi_size, self.patches_per_step, episode.rng, device, self.foreground_threshold
+            volume, self.patch_size, self.patches_per_step, episode.rng, device, self.foreground_threshold
         )
         if self.guard is not None:
             heldout = sample()
@@ -296,7 +305,7 @@ class AdaptiveInferer(Inferer):
             report.domain_distance = histogram_distance(volume, self.reference_histogram)
             weight = volume_weight(report.domain_distance, self.blend_range)
         if weight > 0:
-            settle_batch_norm_statistics(episode.network, windows(volume, self.roi_size, device))
+            settle_batch_norm_statistics(episode.network, windows(volume, self.roi_size, device, self.settle_windows))
         blend_batch_norm_statistics(episode.network, episode.source, weight)
         episode.network.eval()
         report.volume_statistics_weight = weight
@@ -306,7 +315,7 @@ class AdaptiveInferer(Inferer):
     ) -> torch.Tensor:
         """``norm_stats="entropy"``: the logits of the blend of ``statistics_candidates`` with the lowest
         foreground entropy; every candidate's entropy and the weight kept go into ``report``."""
-        settle_batch_norm_statistics(episode.network, windows(volume, self.roi_size, device))
+        settle_batch_norm_statistics(episode.network, windows(volume, self.roi_size, device, self.settle_windows))
         own = batch_norm_statistics(episode.network)
         best, report.statistics_entropy = None, {}
         for weight in self.statistics_candidates:

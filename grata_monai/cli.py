@@ -2,7 +2,7 @@
 
 User commands: ``segment`` (the bundle's inference on a folder or one file), ``wrap`` (GraTa for
 any MONAI bundle) and ``dice``. Project tooling (``grata_monai.bench``): ``cache``, ``benchmark``,
-``source``, ``study``, ``reference``, ``volumes``, ``report``, ``candidates``, ``directions``. Each command's ``--help`` shows its
+``source``, ``study``, ``reference``, ``volumes``, ``report``, ``candidates``, ``directions``, ``throughput``. Each command's ``--help`` shows its
 docstring as plain text.
 """
 
@@ -26,6 +26,7 @@ from grata_monai.bench.dice import print_dice
 from grata_monai.bench.directions import write_directions
 from grata_monai.bench.report import write_report
 from grata_monai.bench.study import run_study
+from grata_monai.bench.throughput import run_throughput
 from grata_monai.bundle.wrap import wrap_command
 
 __all__ = ["COMMANDS", "benchmark", "segment", "plain", "command", "main"]
@@ -126,6 +127,7 @@ COMMANDS = {
     "report": command(write_report, quiet=True),
     "candidates": command(run_candidates, quiet=True),
     "directions": command(write_directions, quiet=True),
+    "throughput": command(run_throughput, quiet=True),
 }
 
 

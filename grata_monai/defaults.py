@@ -6,6 +6,8 @@ bundle's ``configs/inference.json`` (inferer, ``roi_size``) and ``metadata.json`
 
 from __future__ import annotations
 
+import torch
+
 __all__ = [
     "ROI_SIZE",
     "SW_BATCH_SIZE",
@@ -26,6 +28,8 @@ __all__ = [
     "STATISTICS_CANDIDATES",
     "HISTOGRAM_BINS",
     "BODY_FLOOR",
+    "DEVICE_SETTINGS",
+    "for_device",
 ]
 
 ROI_SIZE = (96, 96, 48)  # sliding windows and adaptation patches (voxels of 2 x 2 x 4 mm)
@@ -77,3 +81,29 @@ PRESETS = {
         "guard": False,
     },
 }
+
+# The adaptation settings that follow the device the inferer runs on (the bundle reads them with
+# for_device(@device)). On a CPU every patch pass costs about a sliding window: one smaller patch, one
+# weak view and statistics settled on the four windows with the most body keep GraTa within 2x plain
+# end to end (docs/benchmarks/throughput_cpu.md; Dice cost in docs/benchmarks/cpu_preset.json).
+DEVICE_SETTINGS = {
+    "cuda": {
+        "patches_per_step": PATCHES_PER_STEP,
+        "patch_size": None,
+        "weak_transforms": WEAK_TRANSFORMS,
+        "guard": True,
+        "settle_windows": None,
+    },
+    "cpu": {
+        "patches_per_step": 1,
+        "patch_size": (64, 64, 32),
+        "weak_transforms": ("flip1",),
+        "guard": True,
+        "settle_windows": 4,
+    },
+}
+
+
+def for_device(device: torch.device | str) -> dict:
+    """The adaptation settings for ``device``: the CPU's on a CPU, the GPU's (the study's) elsewhere."""
+    return dict(DEVICE_SETTINGS["cpu" if torch.device(device).type == "cpu" else "cuda"])

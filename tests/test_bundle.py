@@ -98,15 +98,29 @@ def test_bundle_settings_are_the_library_defaults():
     config = json.loads(INFERENCE.read_text())
     assert config["inferer"] == {
         "_target_": "grata_monai.GraTaInferer", "roi_size": "@roi_size", "sw_batch_size": defaults.SW_BATCH_SIZE,
-        "overlap": defaults.OVERLAP, "steps": defaults.STEPS, "patches_per_step": defaults.PATCHES_PER_STEP,
-        "lr0": defaults.LR0, "weak_transforms": list(defaults.WEAK_TRANSFORMS), "batch_views": defaults.BATCH_VIEWS,
+        "overlap": defaults.OVERLAP, "steps": defaults.STEPS, "lr0": defaults.LR0, "batch_views": defaults.BATCH_VIEWS,
         "episodic": defaults.EPISODIC, "amp": defaults.AMP, "seed": defaults.SEED,
         "norm_stats": defaults.BUNDLE_NORM_STATS, "reference_histogram": "@reference_histogram",
+        **{k: f"$@device_settings['{k}']" for k in defaults.DEVICE_SETTINGS["cuda"]},
     }
+    assert config["device_settings"] == "$grata_monai.defaults.for_device(@device)"
     assert len(config["reference_histogram"]) == defaults.HISTOGRAM_BINS
     assert tuple(config["roi_size"]) == defaults.ROI_SIZE
     channels = json.loads(META.read_text())["network_data_format"]["outputs"]["pred"]["channel_def"]
     assert tuple(channels[str(c)] for c in range(1, len(channels))) == defaults.ORGANS
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_bundle_inferer_takes_the_device_settings(device):
+    """The inferer the bundle builds follows its device (built, not run: no GPU needed)."""
+    parser = ConfigParser()
+    parser.read_config(str(INFERENCE))
+    parser["device"] = f"$torch.device('{device}')"
+    inferer = parser.get_parsed_content("inferer")
+    expected = defaults.for_device(device)
+    assert (inferer.patches_per_step, inferer.weak_transforms) == (expected["patches_per_step"], expected["weak_transforms"])
+    assert (inferer.guard is not None, inferer.settle_windows) == (expected["guard"], expected["settle_windows"])
+    assert inferer.patch_size == tuple(expected["patch_size"] or defaults.ROI_SIZE)
 
 
 def test_preprocessing_identical_in_train_validate_and_inference():

@@ -174,6 +174,37 @@ def test_bad_settings():
         GraTaInferer(ROI, norm_stats="batch")
     with pytest.raises(ValueError, match="weak"):
         GraTaInferer(ROI, weak_transforms=("flip9",))
+    with pytest.raises(ValueError, match="settle_windows"):
+        GraTaInferer(ROI, settle_windows=0)
+
+
+def test_settle_windows_limits_the_statistics(unet, volume):
+    """Fewer settling windows: other statistics (a different output), recorded in the report."""
+    with torch.no_grad():
+        full = grata(steps=0)(volume, unet)
+        two = grata(steps=0, settle_windows=2)(volume, unet)
+        many = grata(steps=0, settle_windows=1000)(volume, unet)
+    assert not torch.allclose(full, two)
+    torch.testing.assert_close(full, many)
+    assert reports_of(two)[0]["settings"]["settle_windows"] == 2
+
+
+def test_patch_size_sets_the_adaptation_patches(unet, volume, monkeypatch):
+    import grata_monai.inferer as module
+
+    sizes = []
+    real = module.body_patches
+
+    def spy(volume, size, *args, **kwargs):
+        sizes.append(tuple(size))
+        return real(volume, size, *args, **kwargs)
+
+    monkeypatch.setattr(module, "body_patches", spy)
+    with torch.no_grad():
+        out = grata(patch_size=(8, 8, 8))(volume, unet)
+        grata()(volume, unet)
+    assert sizes == [(8, 8, 8), ROI] and torch.isfinite(out).all()
+    assert reports_of(out)[0]["settings"]["patch_size"] == [8, 8, 8]
 
 
 def test_volume_smaller_than_roi(unet):

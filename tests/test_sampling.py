@@ -29,3 +29,13 @@ def test_windows_tile_the_padded_volume_without_overlap(volume):
     assert all(t.shape == (1, 1, 16, 16, 16) for t in tiles)
     assert len(tiles) == 3 * 3 * 2  # 40x36x20 in 16^3 windows, the last ones shifted inside
     assert sum(float(t.sum()) for t in tiles) >= float(volume.sum())
+
+
+def test_windows_limit_keeps_the_brightest_in_tiling_order(volume):
+    tiles = list(windows(volume[0], (16, 16, 16), torch.device("cpu")))
+    top = list(windows(volume[0], (16, 16, 16), torch.device("cpu"), limit=4))
+    means = sorted((float(t.mean()) for t in tiles), reverse=True)
+    assert len(top) == 4 and sorted(float(t.mean()) for t in top) == sorted(means[:4])
+    positions = [next(i for i, t in enumerate(tiles) if torch.equal(t, w)) for w in top]
+    assert positions == sorted(positions)
+    assert len(list(windows(volume[0], (16, 16, 16), torch.device("cpu"), limit=100))) == len(tiles)

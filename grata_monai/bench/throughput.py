@@ -1,0 +1,333 @@
+"""Throughput: the bundle's own pipeline, plain and with GraTa, on the same volumes in one process.
+
+Per volume, as ``inference.json`` runs it: its ``preprocessing`` (split after ``LoadImaged`` into
+*load* and *preprocess*), the inferer, and its ``postprocessing`` (split before ``SaveImaged`` into
+*post-process* and *write*, the outputs going to a temporary folder). Plain is MONAI's
+``SlidingWindowInferer`` with the bundle inferer's sliding-window settings and the source statistics;
+GraTa is the bundle's ``inferer`` as its config builds it. Loading runs in ``DataLoader`` workers,
+overlapped with compute; with ``device_preprocessing`` the rest of the preprocessing runs on the
+target device in the main process. Results: ``<name>.json`` and ``<name>.md`` in ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+from monai.data import list_data_collate
+from monai.engines.utils import engine_apply_transform
+from monai.inferers import Inferer, SlidingWindowInferer
+from monai.transforms import Compose, Decollated, EnsureTyped, LoadImaged, SaveImaged
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from grata_monai.audit import reports_of
+from grata_monai.bench import paths
+from grata_monai.bench.common import device_name, git_revision
+
+__all__ = ["STAGES", "loader_workers", "run_throughput", "split_pipeline", "write_markdown"]
+
+STAGES = ("load", "preprocess", "wait", "adapt", "infer", "postprocess", "write")
+GRATA_KEYS = ("steps", "patches_per_step", "patch_size", "weak_transforms", "guard", "settle_windows", "amp")
+SLIDING_KEYS = ("roi_size", "sw_batch_size", "overlap", "mode", "sigma_scale", "padding_mode", "cval")
+
+
+def loader_workers(cpu_count: int | None = None) -> int:
+    """DataLoader workers for this machine: half its cores (the rest compute), 1 to 8."""
+    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 2)
+    return max(1, min(8, cores // 2))
+
+
+def split_pipeline(
+    preprocessing: Compose, postprocessing: Compose, device: torch.device | None = None
+) -> tuple[Compose, Compose, Compose, Compose]:
+    """The bundle's transforms as four stages: load (up to ``LoadImaged``), preprocess, post-process
+    and write (from ``SaveImaged``). The same transform objects run, so ``Invertd`` still inverts them.
+
+    Args:
+        preprocessing, postprocessing: the bundle's ``Compose`` objects.
+        device: when given, the preprocess stage starts by moving the image there (``EnsureTyped``).
+
+    Raises:
+        ValueError: no ``LoadImaged`` in ``preprocessing`` or no ``SaveImaged`` in ``postprocessing``.
+    """
+    pre, post = list(preprocessing.transforms), list(postprocessing.transforms)
+    load_end = next((i + 1 for i, t in enumerate(pre) if isinstance(t, LoadImaged)), None)
+    write_start = next((i for i, t in enumerate(post) if isinstance(t, SaveImaged)), None)
+    if load_end is None or write_start is None:
+        raise ValueError("the bundle's preprocessing needs a LoadImaged and its postprocessing a SaveImaged.")
+    rest = pre[load_end:]
+    if device is not None:
+        rest = [EnsureTyped(keys=pre[load_end - 1].keys, device=device, track_meta=True), *rest]
+    return Compose(pre[:load_end]), Compose(rest), Compose(post[:write_start]), Compose(post[write_start:])
+
+
+class _Loading(Dataset):
+    """Items through ``load`` (then ``preprocess`` when given), with the seconds each took."""
+
+    def __init__(self, items: list[dict], load: Callable, preprocess: Callable | None) -> None:
+        self.items, self.load, self.preprocess = items, load, preprocess
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[dict, dict]:
+        start = time.perf_counter()
+        data = self.load(dict(self.items[index]))
+        loaded = time.perf_counter()
+        if self.preprocess is not None:
+            data = self.preprocess(data)
+        return data, {"load": loaded - start, "preprocess": time.perf_counter() - loaded}
+
+
+def _as_is(sample: Any) -> Any:
+    return sample
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: "5" resets the process's peak RSS (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_mib(device: torch.device) -> float:
+    """Peak GPU memory allocated on CUDA, else the main process's peak RSS (since the last reset)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        line = next(s for s in Path("/proc/self/status").read_text().splitlines() if s.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # never reset: the process's peak
+
+
+class _Pipeline:
+    """One bundle's pipeline on one device: the four stages and the two inferers."""
+
+    def __init__(self, bundle_dir: Path, device: torch.device, output_dir: str, device_preprocessing: bool) -> None:
+        parser = ConfigParser()
+        parser.read_config(str(bundle_dir / "configs" / "inference.json"))
+        parser["bundle_root"] = str(bundle_dir)
+        parser["output_dir"] = output_dir
+        parser["device"] = f"$torch.device('{device}')"
+        self.parser, self.device = parser, device
+        self.load, self.preprocess, self.postprocess, self.write = split_pipeline(
+            parser.get_parsed_content("preprocessing"),
+            parser.get_parsed_content("postprocessing"),
+            device if device_preprocessing else None,
+        )
+        self.device_preprocessing = device_preprocessing
+        self.network = parser.get_parsed_content("network")
+        state = torch.load(parser.get_parsed_content("ckpt_path"), map_location=device, weights_only=True)
+        self.network.load_state_dict(state.get("model", state))
+        self.network.eval()
+        sliding = {k: parser.get_parsed_content(f"inferer#{k}") for k in SLIDING_KEYS if k in parser["inferer"]}
+        self.inferers: dict[str, Inferer] = {
+            "plain": SlidingWindowInferer(**sliding),
+            "grata": parser.get_parsed_content("inferer"),
+        }
+        self.sliding = sliding
+
+    def volumes(self, dataset_dir: Path) -> list[dict]:
+        """The inputs of ``dataset_dir`` as the bundle finds them (its ``exclude`` applies)."""
+        self.parser["dataset_dir"] = str(dataset_dir)
+        return self.parser.get_parsed_content("volumes")
+
+    def loader(self, items: list[dict], num_workers: int) -> Iterator[tuple[dict, dict]]:
+        """Loaded (and, unless on the device, preprocessed) items, in order, from worker processes."""
+        dataset = _Loading(items, self.load, None if self.device_preprocessing else self.preprocess)
+        return iter(DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is))
+
+    def segment(self, method: str, data: dict, times: dict) -> dict:
+        """The rest of one volume's pipeline after loading; ``times`` gets each stage's seconds."""
+        dev = self.device
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            _sync(dev)
+            now = time.perf_counter()
+            times[stage] = times.get(stage, 0.0) + now - clock
+            clock = now
+
+        if self.device_preprocessing:
+            data = self.preprocess(data)
+            lap("preprocess")
+        batch = list_data_collate([data])
+        inputs = batch["image"].to(dev)
+        with torch.no_grad():
+            pred = self.inferers[method](inputs, self.network)
+        lap("infer")
+        report = (reports_of(pred) or [{}])[0]
+        times["adapt"] = report.get("adapt_seconds", 0.0)
+        times["infer"] -= times["adapt"]
+        decollate = Decollated(keys=None, detach=True)
+        pairs = list(zip(decollate(batch), decollate({"image": inputs, "pred": pred})))
+        pairs = [engine_apply_transform(b, o, self.postprocess) for b, o in pairs]
+        lap("postprocess")
+        for b, o in pairs:
+            engine_apply_transform(b, o, self.write)
+        lap("write")
+        return report
+
+    def run_pass(self, method: str, items: list[dict], num_workers: int, bar: tqdm | None) -> dict:
+        """Every volume once with ``method``: wall time, volumes/s, mean stage seconds, peak memory."""
+        _reset_peak(self.device)
+        rows = []
+        start = time.perf_counter()
+        waited = time.perf_counter()
+        for data, times in self.loader(items, num_workers):
+            times["wait"] = time.perf_counter() - waited
+            self.segment(method, data, times)
+            rows.append(times)
+            if bar is not None:
+                bar.update()
+            waited = time.perf_counter()
+        seconds = time.perf_counter() - start
+        return {
+            "seconds": seconds,
+            "volumes_per_s": len(rows) / seconds,
+            "stages_s": {s: sum(r.get(s, 0.0) for r in rows) / len(rows) for s in STAGES},
+            "peak_memory_mib": _peak_mib(self.device),
+        }
+
+
+def run_throughput(
+    dataset_dir: str | None = None,
+    bundle_dir: str | None = None,
+    out_dir: str = "docs/benchmarks",
+    name: str = "throughput",
+    repeats: int = 3,
+    device: str | None = None,
+    num_workers: int | None = None,
+    device_preprocessing: bool = False,
+    limit: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Plain and GraTa through the bundle's pipeline on the same volumes; write ``<name>.json/.md``.
+
+    Each method first segments the first volume once (warm-up, not counted); then the passes over
+    all volumes alternate plain, GraTa, ``repeats`` times. Stage times are means per volume; loading
+    (and CPU preprocessing) overlap compute in the workers, so ``wait`` is what the loop waited for them.
+
+    Args:
+        dataset_dir: a folder of volumes (NIfTI files, DICOM series); default ``$GRATA_DATA_DIR/abdomen/mr``.
+        bundle_dir: the bundle (``configs/inference.json``, ``models/model.pt``); default ``$GRATA_BUNDLE_DIR``.
+        out_dir: where ``<name>.json`` and ``<name>.md`` go.
+        name: the results' file name, without extension.
+        repeats: passes per method.
+        device: ``"cuda"``, ``"cuda:1"``, ``"cpu"``; default CUDA when available.
+        num_workers: loader processes; default :func:`loader_workers` (0 loads in the main process).
+        device_preprocessing: preprocess after ``LoadImaged`` on ``device`` in the main process.
+        limit: only the first ``limit`` volumes.
+        overwrite: replace existing result files.
+
+    Raises:
+        ValueError: a bad option; FileExistsError: results exist and ``overwrite`` is off.
+    """
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu.")
+    if repeats < 1 or (limit is not None and limit < 1) or (num_workers is not None and num_workers < 0):
+        raise ValueError("need --repeats >= 1, --limit >= 1 and --num_workers >= 0.")
+    outputs = [Path(out_dir) / f"{name}.{ext}" for ext in ("json", "md")]
+    existing = [str(p) for p in outputs if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} exist: pass --overwrite true or another --name.")
+    workers = loader_workers() if num_workers is None else num_workers
+    dataset = paths.data_dir(dataset_dir, "abdomen/mr")
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe = _Pipeline(paths.bundle_dir(bundle_dir), dev, tmp, bool(device_preprocessing))
+        items = pipe.volumes(dataset)[:limit]
+        if not items:
+            raise ValueError(f"no volumes in {dataset}.")
+        passes: dict[str, list[dict]] = {m: [] for m in pipe.inferers}
+        reports = {}
+        for method in pipe.inferers:  # warm-up: allocator, cudnn autotuning, first-call imports
+            data, times = next(pipe.loader(items[:1], 0))
+            reports[method] = pipe.segment(method, data, times)
+        total = repeats * len(passes) * len(items)
+        with tqdm(total=total, unit="vol", desc="throughput") as bar:
+            for r in range(repeats):
+                for method, done in passes.items():
+                    bar.set_description(f"{method} {r + 1}/{repeats}")
+                    done.append(pipe.run_pass(method, items, workers, bar))
+    results = {
+        "device": device_name(dev),
+        "git_revision": git_revision(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
+        "settings": {
+            "dataset_dir": str(dataset),
+            "volumes": [Path(i["image"]).name for i in items],
+            "repeats": repeats,
+            "num_workers": workers,
+            "device_preprocessing": bool(device_preprocessing),
+            "plain": {"method": "SlidingWindowInferer", **pipe.sliding},
+            "grata": reports["grata"].get("settings", {}),
+        },
+        "methods": {m: {**_mean_pass(p), "passes": p} for m, p in passes.items()},
+    }
+    plain, grata = (results["methods"][m]["volumes_per_s"] for m in ("plain", "grata"))
+    results["grata_over_plain"] = plain / grata  # time per volume, GraTa over plain
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    outputs[0].write_text(json.dumps(results, indent=1) + "\n")
+    outputs[1].write_text(write_markdown(results))
+    print(outputs[1].read_text())
+    return results
+
+
+def _mean_pass(passes: list[dict]) -> dict:
+    """Means over passes: volumes/s (volumes over total seconds), stage seconds, and the peak memory."""
+    n = len(passes)
+    return {
+        "volumes_per_s": n / sum(1 / p["volumes_per_s"] for p in passes),
+        "stages_s": {s: sum(p["stages_s"][s] for p in passes) / n for s in STAGES},
+        "peak_memory_mib": max(p["peak_memory_mib"] for p in passes),
+    }
+
+
+def write_markdown(results: dict) -> str:
+    """The results as a short markdown page: the setting, one table row per method, the ratio."""
+    memory = "peak RSS" if results["device"].startswith("CPU") else "peak GPU memory"
+    s = results["settings"]
+    lines = [
+        f"# Throughput: {results['device']}",
+        "",
+        (f"Revision `{results['git_revision']}`; {len(s['volumes'])} volumes from `{s['dataset_dir']}`, "
+        f"{s['repeats']} passes per method; {s['num_workers']} loader workers, preprocessing on "
+        f"{'the device' if s['device_preprocessing'] else 'the CPU workers'}; {results['cpu_count']} cores, "
+        f"{results['torch_threads']} torch threads, load average {results['load_average']['before'][0]:.1f} "
+        f"before and {results['load_average']['after'][0]:.1f} after. Seconds are means per volume; "
+        "load and CPU preprocessing overlap compute, `wait` is the loop's stall for them."),
+        "",
+        (f"Plain: `SlidingWindowInferer` {json.dumps(s['plain'])}. GraTa: the bundle's `inferer` "
+         f"{json.dumps({k: s['grata'].get(k) for k in GRATA_KEYS})}."),
+        "",
+        f"| method | volumes/s | {' | '.join(STAGES)} | {memory} (MiB) |",
+        "|---|---|" + "---|" * len(STAGES) + "---|",
+    ]
+    for method, m in results["methods"].items():
+        stages = " | ".join(f"{m['stages_s'][st]:.3f}" for st in STAGES)
+        lines.append(f"| {method} | {m['volumes_per_s']:.3f} | {stages} | {m['peak_memory_mib']:.0f} |")
+    lines += ["", f"GraTa/plain time per volume: **{results['grata_over_plain']:.2f}x** (same run).", ""]
+    return "\n".join(lines)
