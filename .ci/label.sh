@@ -22,7 +22,7 @@ python -m pip install -q --upgrade pip
 bash .ci/torch.sh python torch==2.14.1 torchvision==0.29.1
 python -m pip install -q "monailabel==0.8.5" "monai==1.5.2" "pydicom<3" "pynetdicom<3" "dicomweb-client<0.60" "numpy<2" pytest
 python -m pip install -q -e . --no-deps
-python -m pip install -q fire tqdm nibabel
+python -m pip install -q fire tqdm nibabel scikit-image "numpy<2"
 echo "label env built in $((SECONDS - start)) s, $(du -sh .venv-label | cut -f1)"
 
 bash .ci/host-tests.sh tests/integration/test_monailabel.py

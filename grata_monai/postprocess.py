@@ -216,7 +216,7 @@ class KeepOrganComponentsd(MapTransform):
         keys: KeysCollection,
         layout: OrganLayout | Mapping | None = None,
         organs: Sequence[int] | None = None,
-        summary_key: str | None = "postprocessing",
+        summary_key: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)

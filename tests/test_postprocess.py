@@ -78,7 +78,7 @@ def test_transform_reads_the_affine_of_a_metatensor_and_keeps_its_metadata():
     label = _organs()
     label[60:78, 40:58, 30:40] = 4
     pred = MetaTensor(torch.as_tensor(label)[None], affine=torch.as_tensor(AFFINE))
-    out = Compose([KeepOrganComponentsd("pred", layout=_layout().to_dict())])({"pred": pred})
+    out = Compose([KeepOrganComponentsd("pred", layout=_layout().to_dict(), summary_key="postprocessing")])({"pred": pred})
     assert isinstance(out["pred"], MetaTensor) and torch.equal(out["pred"].affine, pred.affine)
     assert (out["pred"][0, 50:58, 20:28, 15:21] == 4).all()
     assert out["postprocessing"]["layout_changed"] == [4]
