@@ -6,10 +6,10 @@ MONAI bundle, :mod:`grata_monai.bench` is the project's benchmark tooling and :m
 the MONAI Deploy app.
 """
 
+from grata_monai.adaptive import AdaptiveInferer
 from grata_monai.alignment import StepRecord, grata_step
 from grata_monai.audit import VolumeReport, reports_of
 from grata_monai.baselines import MemoInferer, NormStatsInferer, TentInferer
-from grata_monai.adaptive import AdaptiveInferer
 from grata_monai.inferer import GraTaInferer
 
 __all__ = [

@@ -45,15 +45,24 @@ from grata_monai.sampling import body_patches, windows
 
 __all__ = ["NORM_STATS", "AdaptiveInferer", "Episode", "check_inputs", "unwrap_network"]
 
-NORM_STATS = ("volume", "source", "auto", "entropy")  # how the inference statistics are chosen (see AdaptiveInferer)
+NORM_STATS = (
+    "volume",
+    "source",
+    "auto",
+    "entropy",
+)  # how the inference statistics are chosen (see AdaptiveInferer)
 
 
 def unwrap_network(network: Any) -> nn.Module:
     """Return the ``nn.Module`` behind ``network`` (MONAI Deploy passes a wrapper with ``.predictor``)."""
-    if not isinstance(network, nn.Module) and isinstance(getattr(network, "predictor", None), nn.Module):
+    if not isinstance(network, nn.Module) and isinstance(
+        getattr(network, "predictor", None), nn.Module
+    ):
         network = network.predictor
     if not isinstance(network, nn.Module):
-        raise TypeError(f"Expected a torch nn.Module (or a wrapper with .predictor), got {type(network).__name__}.")
+        raise TypeError(
+            f"Expected a torch nn.Module (or a wrapper with .predictor), got {type(network).__name__}."
+        )
     return network
 
 
@@ -76,11 +85,17 @@ def check_inputs(inputs: torch.Tensor, network: nn.Module, spatial_dims: int) ->
         )
     if min(inputs.shape) == 0:
         raise ValueError(f"inputs are empty: shape {tuple(inputs.shape)}.")
-    conv = next((m for m in network.modules() if _layer_name(m) in ("Conv1d", "Conv2d", "Conv3d")), None)
+    conv = next(
+        (m for m in network.modules() if _layer_name(m) in ("Conv1d", "Conv2d", "Conv3d")), None
+    )
     if conv is not None and inputs.shape[1] != conv.weight.shape[1] * conv.groups:
         expected = conv.weight.shape[1] * conv.groups
-        raise ValueError(f"inputs have {inputs.shape[1]} channel(s); the network expects {expected}.")
-    inputs = inputs.to(next((p.dtype for p in network.parameters()), torch.float32))  # integer images are cast
+        raise ValueError(
+            f"inputs have {inputs.shape[1]} channel(s); the network expects {expected}."
+        )
+    inputs = inputs.to(
+        next((p.dtype for p in network.parameters()), torch.float32)
+    )  # integer images are cast
     if not torch.isfinite(inputs).all():
         raise ValueError("inputs contain NaN or Inf voxels; clean or mask them before inference.")
     return inputs
@@ -194,35 +209,69 @@ class AdaptiveInferer(Inferer):
         if norm_stats not in NORM_STATS:
             raise ValueError(f"norm_stats must be one of {NORM_STATS}, got {norm_stats!r}.")
         if not statistics_candidates or any(not 0 <= w <= 1 for w in statistics_candidates):
-            raise ValueError(f"statistics_candidates must be weights in [0, 1], got {statistics_candidates}.")
+            raise ValueError(
+                f"statistics_candidates must be weights in [0, 1], got {statistics_candidates}."
+            )
         if norm_stats == "auto" and not reference_histogram:
-            raise ValueError("norm_stats='auto' needs reference_histogram: the source data's (grata-monai reference).")
+            raise ValueError(
+                "norm_stats='auto' needs reference_histogram: the source data's (grata-monai reference)."
+            )
         if not 0 <= blend_range[0] < blend_range[1]:
-            raise ValueError(f"blend_range must be (low, high) with 0 <= low < high, got {blend_range}.")
+            raise ValueError(
+                f"blend_range must be (low, high) with 0 <= low < high, got {blend_range}."
+            )
         if adapt_params not in PARAM_SCOPES:
-            raise ValueError(f"Unknown parameter scope {adapt_params!r}; choose from {PARAM_SCOPES}.")
+            raise ValueError(
+                f"Unknown parameter scope {adapt_params!r}; choose from {PARAM_SCOPES}."
+            )
         if settle_windows is not None and settle_windows < 1:
             raise ValueError(f"settle_windows must be None (all) or >= 1, got {settle_windows}.")
         if steps < 0 or patches_per_step < 1:
-            raise ValueError(f"Need steps >= 0 and patches_per_step >= 1, got {steps} and {patches_per_step}.")
+            raise ValueError(
+                f"Need steps >= 0 and patches_per_step >= 1, got {steps} and {patches_per_step}."
+            )
         if not isinstance(guard, (bool, DivergenceGuard)):
-            raise ValueError(f"guard must be True, False or a DivergenceGuard, got {type(guard).__name__}.")
+            raise ValueError(
+                f"guard must be True, False or a DivergenceGuard, got {type(guard).__name__}."
+            )
         self.sliding = SlidingWindowInferer(
-            roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode, sigma_scale=sigma_scale,
-            padding_mode=padding_mode, cval=cval, sw_device=sw_device, device=device, progress=progress,
-            cache_roi_weight_map=cache_roi_weight_map, cpu_thresh=cpu_thresh, buffer_steps=buffer_steps,
-            buffer_dim=buffer_dim, with_coord=with_coord,
+            roi_size=roi_size,
+            sw_batch_size=sw_batch_size,
+            overlap=overlap,
+            mode=mode,
+            sigma_scale=sigma_scale,
+            padding_mode=padding_mode,
+            cval=cval,
+            sw_device=sw_device,
+            device=device,
+            progress=progress,
+            cache_roi_weight_map=cache_roi_weight_map,
+            cpu_thresh=cpu_thresh,
+            buffer_steps=buffer_steps,
+            buffer_dim=buffer_dim,
+            with_coord=with_coord,
         )
         self.roi_size = tuple(self.sliding.roi_size)
         self.steps, self.patches_per_step, self.lr0 = steps, patches_per_step, lr0
         self.optimizer, self.episodic, self.amp, self.seed = optimizer, episodic, amp, seed
-        self.sigmoid, self.foreground_threshold, self.norm_stats = sigmoid, foreground_threshold, norm_stats
-        self.adapt_params, self.blend_range = adapt_params, (float(blend_range[0]), float(blend_range[1]))
-        self.reference_histogram = [float(v) for v in reference_histogram] if reference_histogram else None
+        self.sigmoid, self.foreground_threshold, self.norm_stats = (
+            sigmoid,
+            foreground_threshold,
+            norm_stats,
+        )
+        self.adapt_params, self.blend_range = (
+            adapt_params,
+            (float(blend_range[0]), float(blend_range[1])),
+        )
+        self.reference_histogram = (
+            [float(v) for v in reference_histogram] if reference_histogram else None
+        )
         self.statistics_candidates = tuple(float(w) for w in statistics_candidates)
         self.settle_windows = settle_windows
         self.patch_size = tuple(patch_size) if patch_size is not None else self.roi_size
-        self.guard = guard if isinstance(guard, DivergenceGuard) else DivergenceGuard() if guard else None
+        self.guard = (
+            guard if isinstance(guard, DivergenceGuard) else DivergenceGuard() if guard else None
+        )
         self._episode: Episode | None = None  # the continual state
         self._lock = threading.Lock()
 
@@ -232,7 +281,9 @@ class AdaptiveInferer(Inferer):
         network = copy.deepcopy(source).to(device)
         params = configure_model(network, self.adapt_params)
         opt_cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD
-        return Episode(source, network, params, opt_cls(params, lr=self.lr0), np.random.RandomState(self.seed))
+        return Episode(
+            source, network, params, opt_cls(params, lr=self.lr0), np.random.RandomState(self.seed)
+        )
 
     @abstractmethod
     def adapt_step(self, episode: Episode, x: torch.Tensor) -> StepRecord:
@@ -255,9 +306,30 @@ class AdaptiveInferer(Inferer):
 
     def settings(self) -> dict:
         """The method's settings, for reports."""
-        keys = ("roi_size", "steps", "patches_per_step", "lr0", "optimizer", "episodic", "amp", "seed", "norm_stats")
-        keys += ("adapt_params", "sigmoid", "blend_range", "statistics_candidates", "patch_size", "settle_windows")
-        return {"method": self.method, **{k: getattr(self, k) for k in keys}, "guard": self.guard is not None}
+        keys = (
+            "roi_size",
+            "steps",
+            "patches_per_step",
+            "lr0",
+            "optimizer",
+            "episodic",
+            "amp",
+            "seed",
+            "norm_stats",
+        )
+        keys += (
+            "adapt_params",
+            "sigmoid",
+            "blend_range",
+            "statistics_candidates",
+            "patch_size",
+            "settle_windows",
+        )
+        return {
+            "method": self.method,
+            **{k: getattr(self, k) for k in keys},
+            "guard": self.guard is not None,
+        }
 
     # --- one volume -----------------------------------------------------------------------------
     def episode_for(self, source: nn.Module, device: torch.device) -> Episode:
@@ -268,14 +340,21 @@ class AdaptiveInferer(Inferer):
             self._episode = self.configure(source, device)
         return self._episode
 
-    def adapt(self, episode: Episode, volume: torch.Tensor, device: torch.device, report: VolumeReport) -> Episode:
+    def adapt(
+        self, episode: Episode, volume: torch.Tensor, device: torch.device, report: VolumeReport
+    ) -> Episode:
         """Run the adaptation steps on ``volume`` (C, *spatial); return the episode to infer with,
         rolled back (or, continual, replaced by a fresh one) when the guard fires."""
         if self.steps == 0:
             return episode
         use_test_statistics(episode.network)  # a continual episode left them in inference mode
         sample = body_patches(
-            volume, self.patch_size, self.patches_per_step, episode.rng, device, self.foreground_threshold
+            volume,
+            self.patch_size,
+            self.patches_per_step,
+            episode.rng,
+            device,
+            self.foreground_threshold,
         )
         if self.guard is not None:
             heldout = sample()
@@ -287,7 +366,9 @@ class AdaptiveInferer(Inferer):
             return episode
         after = measure(episode.network, heldout, self.sigmoid)
         losses = [s["aux_loss"] for s in report.steps]
-        report.guard = self.guard.decide(before, after, episode.params, losses, self.sync_ranks, device)
+        report.guard = self.guard.decide(
+            before, after, episode.params, losses, self.sync_ranks, device
+        )
         if report.guard is None:
             return episode
         if not self.episodic:
@@ -297,7 +378,9 @@ class AdaptiveInferer(Inferer):
             torch._foreach_copy_(episode.params, theta0)
         return episode
 
-    def settle(self, episode: Episode, volume: torch.Tensor, device: torch.device, report: VolumeReport) -> None:
+    def settle(
+        self, episode: Episode, volume: torch.Tensor, device: torch.device, report: VolumeReport
+    ) -> None:
         """Fix the normalization statistics used at inference: the whole volume's, the source's, or
         (``"auto"``) a blend weighted by the volume's distance from the source domain, in ``report``."""
         weight = 1.0 if self.norm_stats == "volume" else 0.0
@@ -305,17 +388,26 @@ class AdaptiveInferer(Inferer):
             report.domain_distance = histogram_distance(volume, self.reference_histogram)
             weight = volume_weight(report.domain_distance, self.blend_range)
         if weight > 0:
-            settle_batch_norm_statistics(episode.network, windows(volume, self.roi_size, device, self.settle_windows))
+            settle_batch_norm_statistics(
+                episode.network, windows(volume, self.roi_size, device, self.settle_windows)
+            )
         blend_batch_norm_statistics(episode.network, episode.source, weight)
         episode.network.eval()
         report.volume_statistics_weight = weight
 
     def least_uncertain(
-        self, episode: Episode, batch: torch.Tensor, volume: torch.Tensor, device: torch.device, report: VolumeReport
+        self,
+        episode: Episode,
+        batch: torch.Tensor,
+        volume: torch.Tensor,
+        device: torch.device,
+        report: VolumeReport,
     ) -> torch.Tensor:
         """``norm_stats="entropy"``: the logits of the blend of ``statistics_candidates`` with the lowest
         foreground entropy; every candidate's entropy and the weight kept go into ``report``."""
-        settle_batch_norm_statistics(episode.network, windows(volume, self.roi_size, device, self.settle_windows))
+        settle_batch_norm_statistics(
+            episode.network, windows(volume, self.roi_size, device, self.settle_windows)
+        )
         own = batch_norm_statistics(episode.network)
         best, report.statistics_entropy = None, {}
         for weight in self.statistics_candidates:
@@ -333,14 +425,23 @@ class AdaptiveInferer(Inferer):
         self, batch: torch.Tensor, source: nn.Module, device: torch.device
     ) -> tuple[torch.Tensor, VolumeReport]:
         """Adapt to the single volume of ``batch`` (1, C, *spatial); return its logits and report."""
-        volume = convert_to_tensor(batch[0], track_meta=False)  # MetaTensor ops are slow in the hot loop
+        volume = convert_to_tensor(
+            batch[0], track_meta=False
+        )  # MetaTensor ops are slow in the hot loop
         amp = self.amp and device.type == "cuda"  # bfloat16 autocast on CUDA only
         settings = {**self.settings(), "amp": amp}  # what was used, not what was asked
-        report = VolumeReport(self.method, settings, device=str(device), autocast="bfloat16" if amp else "off",
-                              source_sha256=checksum(source))
+        report = VolumeReport(
+            self.method,
+            settings,
+            device=str(device),
+            autocast="bfloat16" if amp else "off",
+            source_sha256=checksum(source),
+        )
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
         start = time.perf_counter()
-        episode = self.episode_for(source, device)  # copied under the host's no_grad: leaf parameters
+        episode = self.episode_for(
+            source, device
+        )  # copied under the host's no_grad: leaf parameters
         with torch.enable_grad(), autocast:
             episode = self.adapt(episode, volume, device, report)
         report.adapt_seconds = _seconds_since(start, device)
@@ -360,12 +461,16 @@ class AdaptiveInferer(Inferer):
         inputs = check_inputs(inputs, source, len(self.roi_size))
         device = _adaptation_device(inputs, source, self.sliding.sw_device)
         with contextlib.nullcontext() if self.episodic else self._lock:
-            results = [self.infer_volume(inputs[i : i + 1], source, device) for i in range(len(inputs))]
+            results = [
+                self.infer_volume(inputs[i : i + 1], source, device) for i in range(len(inputs))
+            ]
         if len(results) == 1:
             logits = results[0][0]  # sliding-window output: the input's metadata came along
         else:
             logits = torch.cat([convert_to_tensor(r[0], track_meta=False) for r in results])
-            logits = convert_to_dst_type(logits, inputs)[0] if isinstance(inputs, MetaTensor) else logits
+            logits = (
+                convert_to_dst_type(logits, inputs)[0] if isinstance(inputs, MetaTensor) else logits
+            )
         return attach_reports(logits, [r[1] for r in results])
 
 
@@ -373,7 +478,9 @@ def _layer_name(module: nn.Module) -> str:
     return getattr(module, "original_name", None) or type(module).__name__  # eager or TorchScript
 
 
-def _adaptation_device(inputs: torch.Tensor, network: nn.Module, sw_device: torch.device | str | None) -> torch.device:
+def _adaptation_device(
+    inputs: torch.Tensor, network: nn.Module, sw_device: torch.device | str | None
+) -> torch.device:
     """``sw_device`` when set, else CUDA when the inputs are there, else the network's device."""
     if sw_device is not None:
         return torch.device(sw_device)

@@ -30,9 +30,15 @@ class VolumeReport:
     settings: dict = field(default_factory=dict)
     steps: list[dict] = field(default_factory=list)
     guard: str | None = None
-    volume_statistics_weight: float | None = None  # 1: the volume's normalization statistics, 0: the source's
-    domain_distance: float | None = None  # norm_stats="auto": intensity-histogram distance to the source data
-    statistics_entropy: dict | None = None  # norm_stats="entropy": foreground entropy of each candidate weight
+    volume_statistics_weight: float | None = (
+        None  # 1: the volume's normalization statistics, 0: the source's
+    )
+    domain_distance: float | None = (
+        None  # norm_stats="auto": intensity-histogram distance to the source data
+    )
+    statistics_entropy: dict | None = (
+        None  # norm_stats="entropy": foreground entropy of each candidate weight
+    )
     adapt_seconds: float = 0.0
     total_seconds: float = 0.0
     device: str = ""
@@ -60,7 +66,9 @@ def checksum(network: nn.Module) -> str:
     for name, tensor in state.items():
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(
+            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
     _CHECKSUMS[network] = (versions, digest.hexdigest())
     return digest.hexdigest()
 

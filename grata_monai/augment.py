@@ -92,10 +92,25 @@ class GPUAugment:
         noise_std: float = 0.05,
     ) -> None:
         self.num_classes = int(num_classes)
-        self.location_scale_prob, self.scale_range, self.shift = location_scale_prob, tuple(scale_range), shift
-        self.gin_prob, self.gin_layers, self.gin_channels = gin_prob, tuple(gin_layers), int(gin_channels)
-        self.gin_kernels, self.gin_spatial_prob = tuple(int(k) for k in gin_kernels), gin_spatial_prob
-        self.gamma_prob, self.gamma_range, self.invert_prob = gamma_prob, tuple(gamma_range), invert_prob
+        self.location_scale_prob, self.scale_range, self.shift = (
+            location_scale_prob,
+            tuple(scale_range),
+            shift,
+        )
+        self.gin_prob, self.gin_layers, self.gin_channels = (
+            gin_prob,
+            tuple(gin_layers),
+            int(gin_channels),
+        )
+        self.gin_kernels, self.gin_spatial_prob = (
+            tuple(int(k) for k in gin_kernels),
+            gin_spatial_prob,
+        )
+        self.gamma_prob, self.gamma_range, self.invert_prob = (
+            gamma_prob,
+            tuple(gamma_range),
+            invert_prob,
+        )
         self.bias_prob, self.bias_std = bias_prob, bias_std
         self.thick_slice_prob, self.thick_slice_range = thick_slice_prob, tuple(thick_slice_range)
         self.blur_prob, self.blur_sigma = blur_prob, tuple(blur_sigma)
@@ -122,7 +137,9 @@ class GPUAugment:
         return F.interpolate(coarse, size=shape[2:], mode="trilinear", align_corners=True)
 
     # --- the augmentations -------------------------------------------------------------------
-    def location_scale(self, g: torch.Generator, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def location_scale(
+        self, g: torch.Generator, x: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         """Each label region (smoothed one-hot) gets its own intensity scale about its mean, and shift."""
         b, k = x.shape[0], self.num_classes
         onehot = F.one_hot(labels[:, 0].long().clamp(0, k - 1), k).movedim(-1, 1).float()
@@ -143,7 +160,9 @@ class GPUAugment:
         for i in range(depth):
             cout = 1 if i == depth - 1 else self.gin_channels
             k = rng.choice(self.gin_kernels)
-            w = torch.randn(b * cout, cin, k, k, k, generator=g, device=device) / math.sqrt(cin * k**3)
+            w = torch.randn(b * cout, cin, k, k, k, generator=g, device=device) / math.sqrt(
+                cin * k**3
+            )
             bias = torch.randn(b * cout, generator=g, device=device)
             h = F.conv3d(h, w, bias, padding=k // 2, groups=b)
             if i < depth - 1:
@@ -171,13 +190,17 @@ class GPUAugment:
         kernel = torch.exp(-0.5 * (t / sigma) ** 2)
         return separable_filtering(x, [kernel / kernel.sum()] * 3, mode="replicate")
 
-    def __call__(self, x: torch.Tensor, labels: torch.Tensor | None, g: torch.Generator, rng: random.Random) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, labels: torch.Tensor | None, g: torch.Generator, rng: random.Random
+    ) -> torch.Tensor:
         """Augment the crops ``x`` (labels ``labels``) with device generator ``g`` and host RNG ``rng``."""
         b, dev = x.shape[0], x.device
         x = x.float()
         x = self._maybe(g, x, self.location_scale_prob, lambda: self.location_scale(g, x, labels))
         x = self._maybe(g, x, self.gin_prob, lambda: self.gin(g, rng, x))
-        if self.gamma_prob > 0:  # parameters drawn before the coin, as in the run that trained model.pt
+        if (
+            self.gamma_prob > 0
+        ):  # parameters drawn before the coin, as in the run that trained model.pt
             lo, hi = math.log(self.gamma_range[0]), math.log(self.gamma_range[1])
             gamma = torch.exp(self._uniform(g, b, lo, hi, dev)).view(_per_sample(x))
             x = self._maybe(g, x, self.gamma_prob, lambda: x.clamp_min(0) ** gamma)
@@ -190,5 +213,10 @@ class GPUAugment:
         x = self._maybe(g, x, self.blur_prob, lambda: self.blur(rng, x))
         if self.noise_prob > 0:
             std = self._uniform(g, b, 0, self.noise_std, dev).view(_per_sample(x))
-            x = self._maybe(g, x, self.noise_prob, lambda: x + std * torch.randn(x.shape, generator=g, device=dev))
+            x = self._maybe(
+                g,
+                x,
+                self.noise_prob,
+                lambda: x + std * torch.randn(x.shape, generator=g, device=dev),
+            )
         return _rescale(x)

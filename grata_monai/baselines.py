@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from grata_monai.alignment import StepRecord
 from grata_monai.adaptive import AdaptiveInferer, Episode
+from grata_monai.alignment import StepRecord
 from grata_monai.losses import entropy, probabilities, probability_entropy
 from grata_monai.views import augment_each, strong_augmentation
 

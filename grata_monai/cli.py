@@ -2,7 +2,8 @@
 
 User commands: ``segment`` (the bundle's inference on a folder or one file), ``wrap`` (GraTa for
 any MONAI bundle) and ``dice``. Project tooling (``grata_monai.bench``): ``cache``, ``benchmark``,
-``source``, ``study``, ``reference``, ``volumes``, ``report``, ``candidates``, ``directions``, ``throughput``. Each command's ``--help`` shows its
+``source``, ``study``, ``reference``, ``volumes``, ``report``, ``candidates``, ``directions``,
+``throughput``. Each command's ``--help`` shows its
 docstring as plain text.
 """
 
@@ -19,11 +20,11 @@ import fire
 
 from grata_monai.bench import paths
 from grata_monai.bench.benchmark import run_benchmark, run_reference, run_source, run_volumes
-from grata_monai.bench.methods import METHODS
 from grata_monai.bench.cache import build_cache
 from grata_monai.bench.candidates import run_candidates
 from grata_monai.bench.dice import print_dice
 from grata_monai.bench.directions import write_directions
+from grata_monai.bench.methods import METHODS
 from grata_monai.bench.report import write_report
 from grata_monai.bench.study import run_study
 from grata_monai.bench.throughput import run_throughput
@@ -36,7 +37,9 @@ _ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
 
 def plain(text: str) -> str:
     """Docstring reStructuredText as plain text: ``x`` -> x, :func:`~a.b` -> b."""
-    text = _ROLE.sub(lambda m: m.group(1).split(".")[-1] if m.group(0).count("~") else m.group(1), text)
+    text = _ROLE.sub(
+        lambda m: m.group(1).split(".")[-1] if m.group(0).count("~") else m.group(1), text
+    )
     return text.replace("``", "")
 
 
@@ -75,16 +78,29 @@ def segment(
     bundle = paths.bundle_dir(bundle_dir)
     source = Path(input).expanduser()
     if not source.exists():
-        raise FileNotFoundError(f"input '{source}' does not exist: pass a folder of volumes or one NIfTI file.")
+        raise FileNotFoundError(
+            f"input '{source}' does not exist: pass a folder of volumes or one NIfTI file."
+        )
     settings: dict[str, Any] = {"dataset_dir": str(source)}
     if source.is_file():
         if not source.name.endswith((".nii", ".nii.gz")):
-            raise ValueError(f"'{source}' is not a NIfTI file (*.nii, *.nii.gz); for a DICOM series pass its folder.")
-        settings = {"dataset_dir": str(source.parent), "volumes": [{"image": str(source)}], "intake#skipped": []}
+            raise ValueError(
+                f"'{source}' is not a NIfTI file (*.nii, *.nii.gz); for a DICOM series pass its folder."
+            )
+        settings = {
+            "dataset_dir": str(source.parent),
+            "volumes": [{"image": str(source)}],
+            "intake#skipped": [],
+        }
     if output_dir is not None:
         settings["output_dir"] = output_dir
-    run(config_file=str(bundle / "configs" / "inference.json"), bundle_root=str(bundle), overwrite=overwrite,
-        **settings, **overrides)
+    run(
+        config_file=str(bundle / "configs" / "inference.json"),
+        bundle_root=str(bundle),
+        overwrite=overwrite,
+        **settings,
+        **overrides,
+    )
 
 
 def benchmark(

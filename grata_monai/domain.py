@@ -22,10 +22,18 @@ import torch
 
 from grata_monai import defaults
 
-__all__ = ["foreground_entropy", "histogram_distance", "intensity_histogram", "reference_histogram", "volume_weight"]
+__all__ = [
+    "foreground_entropy",
+    "histogram_distance",
+    "intensity_histogram",
+    "reference_histogram",
+    "volume_weight",
+]
 
 
-def intensity_histogram(volume: torch.Tensor, bins: int = defaults.HISTOGRAM_BINS, floor: float = defaults.BODY_FLOOR) -> torch.Tensor:
+def intensity_histogram(
+    volume: torch.Tensor, bins: int = defaults.HISTOGRAM_BINS, floor: float = defaults.BODY_FLOOR
+) -> torch.Tensor:
     """Normalized histogram of the voxels of ``volume`` (any shape, intensities in [0, 1]) above ``floor``."""
     x = volume.detach().float().flatten()
     x = x[x > floor]
@@ -47,10 +55,14 @@ def volume_weight(distance: float, blend_range: Sequence[float] = defaults.BLEND
     return min(max((distance - low) / (high - low), 0.0), 1.0)
 
 
-def reference_histogram(volumes: Sequence[torch.Tensor], bins: int = defaults.HISTOGRAM_BINS) -> list[float]:
+def reference_histogram(
+    volumes: Sequence[torch.Tensor], bins: int = defaults.HISTOGRAM_BINS
+) -> list[float]:
     """The mean intensity histogram of the (preprocessed) source training ``volumes``."""
     if not volumes:
-        raise ValueError("need at least one source training volume to build the reference histogram.")
+        raise ValueError(
+            "need at least one source training volume to build the reference histogram."
+        )
     mean = torch.stack([intensity_histogram(v, bins) for v in volumes]).mean(0)
     return [round(float(v), 6) for v in mean]
 

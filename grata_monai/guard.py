@@ -41,7 +41,10 @@ def measure(network: nn.Module, patches: torch.Tensor, sigmoid: bool = False) ->
     if sigmoid:
         volumes = (logits > 0).float().mean(dim=(0, *range(2, logits.ndim)))
     else:
-        volumes = torch.bincount(logits.argmax(1).flatten(), minlength=logits.shape[1]) / logits[:, 0].numel()
+        volumes = (
+            torch.bincount(logits.argmax(1).flatten(), minlength=logits.shape[1])
+            / logits[:, 0].numel()
+        )
     return Signals(entropy(logits, sigmoid).item(), volumes.tolist())
 
 
@@ -54,19 +57,34 @@ class DivergenceGuard:
     volume_ratio: float = 0.5
     min_fraction: float = 0.005
 
-    def check(self, before: Signals, after: Signals, params: Sequence[torch.Tensor], losses: Sequence[float]) -> str | None:
-        if not all(math.isfinite(v) for v in losses) or not all(bool(torch.isfinite(p).all()) for p in params):
+    def check(
+        self,
+        before: Signals,
+        after: Signals,
+        params: Sequence[torch.Tensor],
+        losses: Sequence[float],
+    ) -> str | None:
+        if not all(math.isfinite(v) for v in losses) or not all(
+            bool(torch.isfinite(p).all()) for p in params
+        ):
             return "non-finite loss or parameter during adaptation"
         if not math.isfinite(after.entropy):
             return "non-finite prediction after adaptation"
         if after.entropy > before.entropy * (1 + self.entropy_tolerance):
-            return f"entropy on held-out patches rose from {before.entropy:.4f} to {after.entropy:.4f}"
+            return (
+                f"entropy on held-out patches rose from {before.entropy:.4f} to {after.entropy:.4f}"
+            )
         for c, (v0, v1) in enumerate(zip(before.volumes, after.volumes)):
             if c == 0 and len(before.volumes) > 1:
                 continue
             grown = v0 < self.min_fraction <= v1
-            if grown or (v0 >= self.min_fraction and not self.volume_ratio * v0 <= v1 <= v0 / self.volume_ratio):
-                return f"predicted volume of class {c} changed from {v0:.4f} to {v1:.4f} of the voxels"
+            if grown or (
+                v0 >= self.min_fraction
+                and not self.volume_ratio * v0 <= v1 <= v0 / self.volume_ratio
+            ):
+                return (
+                    f"predicted volume of class {c} changed from {v0:.4f} to {v1:.4f} of the voxels"
+                )
         return None
 
     def decide(

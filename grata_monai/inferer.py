@@ -51,7 +51,9 @@ def _apply_preset(preset: str | None, **settings: Any) -> dict[str, Any]:
         fixed = sorted(k for k in recipe if not isinstance(settings[k], _Presettable))
         if fixed:
             raise ValueError(f"preset {preset!r} fixes {fixed}: drop them, or the preset.")
-    return {k: recipe.get(k, v.value) if isinstance(v, _Presettable) else v for k, v in settings.items()}
+    return {
+        k: recipe.get(k, v.value) if isinstance(v, _Presettable) else v for k, v in settings.items()
+    }
 
 
 class GraTaInferer(AdaptiveInferer):
@@ -122,39 +124,93 @@ class GraTaInferer(AdaptiveInferer):
         with_coord: bool = False,
     ) -> None:
         s = _apply_preset(
-            preset, steps=steps, lr0=lr0, optimizer=optimizer, episodic=episodic, norm_stats=norm_stats,
-            adapt_params=adapt_params, guard=guard, perturb_scale=perturb_scale, weak_transforms=weak_transforms,
-            strong=strong, temperature=temperature, align=align, dynamic_lr=dynamic_lr,
+            preset,
+            steps=steps,
+            lr0=lr0,
+            optimizer=optimizer,
+            episodic=episodic,
+            norm_stats=norm_stats,
+            adapt_params=adapt_params,
+            guard=guard,
+            perturb_scale=perturb_scale,
+            weak_transforms=weak_transforms,
+            strong=strong,
+            temperature=temperature,
+            align=align,
+            dynamic_lr=dynamic_lr,
         )
         super().__init__(
-            roi_size, sw_batch_size, overlap, steps=s["steps"], patches_per_step=patches_per_step, lr0=s["lr0"],
-            optimizer=s["optimizer"], episodic=s["episodic"], amp=amp, seed=seed, sigmoid=sigmoid,
-            foreground_threshold=foreground_threshold, norm_stats=s["norm_stats"],
-            statistics_candidates=statistics_candidates, reference_histogram=reference_histogram,
-            patch_size=patch_size, settle_windows=settle_windows,
-            blend_range=blend_range, adapt_params=s["adapt_params"],
-            guard=s["guard"], mode=mode, sigma_scale=sigma_scale, padding_mode=padding_mode, cval=cval,
-            sw_device=sw_device, device=device, progress=progress, cache_roi_weight_map=cache_roi_weight_map,
-            cpu_thresh=cpu_thresh, buffer_steps=buffer_steps, buffer_dim=buffer_dim, with_coord=with_coord,
+            roi_size,
+            sw_batch_size,
+            overlap,
+            steps=s["steps"],
+            patches_per_step=patches_per_step,
+            lr0=s["lr0"],
+            optimizer=s["optimizer"],
+            episodic=s["episodic"],
+            amp=amp,
+            seed=seed,
+            sigmoid=sigmoid,
+            foreground_threshold=foreground_threshold,
+            norm_stats=s["norm_stats"],
+            statistics_candidates=statistics_candidates,
+            reference_histogram=reference_histogram,
+            patch_size=patch_size,
+            settle_windows=settle_windows,
+            blend_range=blend_range,
+            adapt_params=s["adapt_params"],
+            guard=s["guard"],
+            mode=mode,
+            sigma_scale=sigma_scale,
+            padding_mode=padding_mode,
+            cval=cval,
+            sw_device=sw_device,
+            device=device,
+            progress=progress,
+            cache_roi_weight_map=cache_roi_weight_map,
+            cpu_thresh=cpu_thresh,
+            buffer_steps=buffer_steps,
+            buffer_dim=buffer_dim,
+            with_coord=with_coord,
         )
         if sync_ranks and self.episodic:
             raise ValueError("sync_ranks shares one continually adapted state: set episodic=False.")
         self.preset = preset
         self.perturb_scale, self.weak_transforms = s["perturb_scale"], tuple(s["weak_transforms"])
         self.strong = s["strong"]
-        self.strong_prob, self.temperature, self.batch_views = strong_prob, s["temperature"], batch_views
+        self.strong_prob, self.temperature, self.batch_views = (
+            strong_prob,
+            s["temperature"],
+            batch_views,
+        )
         self.align, self.dynamic_lr, self.sync_ranks = s["align"], s["dynamic_lr"], sync_ranks
-        self._consistency(np.random.RandomState(0))  # fail early on unknown views or a bad temperature
+        self._consistency(
+            np.random.RandomState(0)
+        )  # fail early on unknown views or a bad temperature
 
     def _consistency(self, rng: np.random.RandomState) -> ConsistencyLoss:
         loss = ConsistencyLoss(
-            self.weak_transforms, self.sigmoid, None, self.strong_prob, self.batch_views, self.temperature, self.strong
+            self.weak_transforms,
+            self.sigmoid,
+            None,
+            self.strong_prob,
+            self.batch_views,
+            self.temperature,
+            self.strong,
         )
         loss.set_random_state(rng)
         return loss
 
     def settings(self) -> dict:
-        own = ("perturb_scale", "weak_transforms", "strong", "strong_prob", "temperature", "batch_views", "align")
+        own = (
+            "perturb_scale",
+            "weak_transforms",
+            "strong",
+            "strong_prob",
+            "temperature",
+            "batch_views",
+            "align",
+        )
         own += ("dynamic_lr", "sync_ranks")
         return {**super().settings(), "preset": self.preset, **{k: getattr(self, k) for k in own}}
 
@@ -162,7 +218,10 @@ class GraTaInferer(AdaptiveInferer):
         """One GraTa update (:func:`~grata_monai.alignment.grata_step`) on the patch batch ``x``."""
         losses = episode.state.get("losses")
         if losses is None:
-            losses = episode.state["losses"] = (EntropyLoss(self.sigmoid), self._consistency(episode.rng))
+            losses = episode.state["losses"] = (
+                EntropyLoss(self.sigmoid),
+                self._consistency(episode.rng),
+            )
         return grata_step(
             episode.network,
             episode.params,

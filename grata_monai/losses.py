@@ -80,7 +80,9 @@ def soft_pseudo_label(
         groups.setdefault(tuple(view.shape) if batch_views else (name,), []).append((name, view))
     total = torch.zeros((), device=x.device)
     for group in groups.values():
-        probs = probabilities(network(torch.cat([v for _, v in group])).float(), sigmoid).split(len(x))
+        probs = probabilities(network(torch.cat([v for _, v in group])).float(), sigmoid).split(
+            len(x)
+        )
         for (name, _), p in zip(group, probs):
             total = total + (p if name == "identity" else weak_transform(p, name, inverse=True))
     return total / len(views)
@@ -97,8 +99,14 @@ def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
 def invariant_augmentation(prob: float = 0.5) -> GPUAugment:
     """The training-time intensity remaps without labels: GIN, gamma, bias field, blur, noise."""
     return GPUAugment(
-        location_scale_prob=0.0, gin_prob=prob, gamma_prob=prob, invert_prob=0.0, bias_prob=prob,
-        thick_slice_prob=0.0, blur_prob=prob, noise_prob=prob,
+        location_scale_prob=0.0,
+        gin_prob=prob,
+        gamma_prob=prob,
+        invert_prob=0.0,
+        bias_prob=prob,
+        thick_slice_prob=0.0,
+        blur_prob=prob,
+        noise_prob=prob,
     )
 
 
@@ -164,7 +172,9 @@ class ConsistencyLoss:
     ) -> None:
         unknown = set(weak) - set(WEAK_VIEWS)
         if unknown:
-            raise ValueError(f"Unknown weak transforms {sorted(unknown)}; choose from {WEAK_VIEWS}.")
+            raise ValueError(
+                f"Unknown weak transforms {sorted(unknown)}; choose from {WEAK_VIEWS}."
+            )
         if strong not in STRONG_VIEWS:
             raise ValueError(f"Unknown strong view {strong!r}; choose from {tuple(STRONG_VIEWS)}.")
         if temperature <= 0:

@@ -161,11 +161,11 @@ def settle_batch_norm_statistics(network: nn.Module, batches: Iterable[torch.Ten
     return n
 
 
-
-
 def batch_norm_layers(network: nn.Module) -> list[nn.Module]:
     """The BatchNorm layers (eager or scripted) that keep running statistics."""
-    return [m for _, m in network.named_modules() if _is_batch_norm(m) and m.running_mean is not None]
+    return [
+        m for _, m in network.named_modules() if _is_batch_norm(m) and m.running_mean is not None
+    ]
 
 
 def batch_norm_statistics(network: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -174,7 +174,9 @@ def batch_norm_statistics(network: nn.Module) -> list[tuple[torch.Tensor, torch.
 
 
 @torch.no_grad()
-def load_batch_norm_statistics(network: nn.Module, statistics: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+def load_batch_norm_statistics(
+    network: nn.Module, statistics: list[tuple[torch.Tensor, torch.Tensor]]
+) -> None:
     """Put back the running statistics saved by :func:`batch_norm_statistics`."""
     for m, (mean, var) in zip(batch_norm_layers(network), statistics, strict=True):
         m.running_mean.copy_(mean)

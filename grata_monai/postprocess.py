@@ -27,13 +27,21 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import optional_import
 
-__all__ = ["KeepOrganComponentsd", "OrganLayout", "components", "fit_layout", "keep_organ_components"]
+__all__ = [
+    "KeepOrganComponentsd",
+    "OrganLayout",
+    "components",
+    "fit_layout",
+    "keep_organ_components",
+]
 
 measure, _ = optional_import("skimage.measure")
 cucim_measure, has_cucim = optional_import("cucim.skimage.measure")
 cupy, _ = optional_import("cupy")
 
-MAX_COMBINATIONS = 4096  # joint choices scored per volume (candidates per organ shrink with more organs)
+MAX_COMBINATIONS = (
+    4096  # joint choices scored per volume (candidates per organ shrink with more organs)
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,9 @@ class OrganLayout:
         try:
             return cls(tuple(int(o) for o in data["organs"]), dict(data["mean"]), dict(data["std"]))
         except (KeyError, TypeError) as e:
-            raise ValueError(f"organ layout needs 'organs', 'mean' and 'std' (grata-monai reference): {e}") from e
+            raise ValueError(
+                f"organ layout needs 'organs', 'mean' and 'std' (grata-monai reference): {e}"
+            ) from e
 
     def to_dict(self) -> dict:
         return {"organs": list(self.organs), "mean": dict(self.mean), "std": dict(self.std)}
@@ -68,12 +78,16 @@ class OrganLayout:
         for a, b in itertools.combinations(sorted(centroids), 2):
             key = f"{a},{b}"
             if key in self.mean:
-                z = (centroids[b] - centroids[a] - np.asarray(self.mean[key])) / np.asarray(self.std[key])
+                z = (centroids[b] - centroids[a] - np.asarray(self.mean[key])) / np.asarray(
+                    self.std[key]
+                )
                 total -= 0.5 * float(z @ z)
         return total
 
 
-def _centroids_mm(label: np.ndarray, affine: np.ndarray, organs: Sequence[int]) -> dict[int, np.ndarray]:
+def _centroids_mm(
+    label: np.ndarray, affine: np.ndarray, organs: Sequence[int]
+) -> dict[int, np.ndarray]:
     out = {}
     for organ in organs:
         idx = np.argwhere(label == organ)
@@ -82,7 +96,9 @@ def _centroids_mm(label: np.ndarray, affine: np.ndarray, organs: Sequence[int]) 
     return out
 
 
-def fit_layout(labels: Sequence[tuple[np.ndarray, np.ndarray]], organs: Sequence[int], min_std_mm: float = 15.0) -> OrganLayout:
+def fit_layout(
+    labels: Sequence[tuple[np.ndarray, np.ndarray]], organs: Sequence[int], min_std_mm: float = 15.0
+) -> OrganLayout:
     """Learn an :class:`OrganLayout` from labelled volumes.
 
     Args:
@@ -101,14 +117,18 @@ def fit_layout(labels: Sequence[tuple[np.ndarray, np.ndarray]], organs: Sequence
         for a, b in itertools.combinations(sorted(c), 2):
             offsets.setdefault(f"{a},{b}", []).append(c[b] - c[a])
     mean = {k: [round(float(v), 2) for v in np.mean(o, 0)] for k, o in offsets.items()}
-    std = {k: [round(max(float(v), min_std_mm), 2) for v in np.std(o, 0)] for k, o in offsets.items()}
+    std = {
+        k: [round(max(float(v), min_std_mm), 2) for v in np.std(o, 0)] for k, o in offsets.items()
+    }
     return OrganLayout(tuple(sorted(int(o) for o in organs)), mean, std)
 
 
 def _label_components(label: torch.Tensor) -> np.ndarray:
     """Connected regions of equal non-zero value (full connectivity) of a label map, in one pass."""
     if label.is_cuda and has_cucim:
-        return cupy.asnumpy(cucim_measure.label(cupy.asarray(label), background=0, connectivity=label.ndim))
+        return cupy.asnumpy(
+            cucim_measure.label(cupy.asarray(label), background=0, connectivity=label.ndim)
+        )
     return measure.label(label.cpu().numpy(), background=0, connectivity=label.ndim)
 
 
@@ -130,11 +150,16 @@ def components(label: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, list[
     ids = image.ravel()[fg]
     sizes = np.bincount(ids)
     coords = np.unravel_index(fg, image.shape)
-    means = np.stack([np.bincount(ids, weights=c, minlength=len(sizes)) for c in coords], 1) / np.maximum(sizes, 1)[:, None]
+    means = (
+        np.stack([np.bincount(ids, weights=c, minlength=len(sizes)) for c in coords], 1)
+        / np.maximum(sizes, 1)[:, None]
+    )
     organs = np.zeros(len(sizes), dtype=np.int64)
     organs[ids] = np.asarray(label).ravel()[fg]
     world = means @ affine[:3, :3].T + affine[:3, 3]
-    return image, [Component(i, int(organs[i]), int(sizes[i]), world[i]) for i in range(1, len(sizes))]
+    return image, [
+        Component(i, int(organs[i]), int(sizes[i]), world[i]) for i in range(1, len(sizes))
+    ]
 
 
 def keep_organ_components(
@@ -160,7 +185,9 @@ def keep_organ_components(
     """
     if affine is None:
         affine = label.affine if isinstance(label, MetaTensor) else np.eye(4)
-    affine = np.asarray(affine.cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+    affine = np.asarray(
+        affine.cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64
+    )
     data = label[0]
     image, comps = components(data.cpu().numpy(), affine)
     wanted = set(organs) if organs else {c.organ for c in comps}
@@ -177,7 +204,9 @@ def keep_organ_components(
     keep[0] = True
     drop = torch.as_tensor(~keep[image], device=label.device)
     organ_voxels = sum(c.size for cs in by_organ.values() for c in cs)
-    removed = sum(c.size for cs in by_organ.values() for c in cs) - sum(c.size for c in chosen.values())
+    removed = sum(c.size for cs in by_organ.values() for c in cs) - sum(
+        c.size for c in chosen.values()
+    )
     summary = {
         "removed_fraction": removed / organ_voxels if organ_voxels else 0.0,
         "layout_changed": sorted(o for o, c in chosen.items() if c is not by_organ[o][0]),
@@ -185,7 +214,9 @@ def keep_organ_components(
     return label.masked_fill(drop[None], 0), summary
 
 
-def _choose_by_layout(by_organ: Mapping[int, list[Component]], layout: OrganLayout) -> dict[int, Component]:
+def _choose_by_layout(
+    by_organ: Mapping[int, list[Component]], layout: OrganLayout
+) -> dict[int, Component]:
     """One of each organ's largest components, maximizing the sum of their log sizes plus the
     layout's log-likelihood of their centroids (every combination of at most ``MAX_COMBINATIONS``)."""
     organs = sorted(by_organ)
@@ -220,7 +251,11 @@ class KeepOrganComponentsd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.layout = layout if isinstance(layout, OrganLayout) or layout is None else OrganLayout.from_dict(layout)
+        self.layout = (
+            layout
+            if isinstance(layout, OrganLayout) or layout is None
+            else OrganLayout.from_dict(layout)
+        )
         self.organs = tuple(organs) if organs else None
         self.summary_key = summary_key
 

@@ -20,7 +20,13 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_tensor
 
-__all__ = ["WEAK_VIEWS", "weak_transform", "DeviceGaussianNoise", "augment_each", "strong_augmentation"]
+__all__ = [
+    "WEAK_VIEWS",
+    "weak_transform",
+    "DeviceGaussianNoise",
+    "augment_each",
+    "strong_augmentation",
+]
 
 # Weak, exactly invertible transforms for the pseudo-label: flips along a spatial axis and
 # rotations by k*90 degrees in the plane of the first two spatial axes (axial for RAS volumes).

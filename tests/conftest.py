@@ -41,5 +41,7 @@ def abdomen_dir() -> Path:
     """The real abdomen data set, or skip the test with the reason."""
     path = DATA_DIR / "abdomen"
     if not (path / "datalist.json").is_file():
-        pytest.skip(f"real data not found at {path} (set GRATA_DATA_DIR to the folder holding abdomen/)")
+        pytest.skip(
+            f"real data not found at {path} (set GRATA_DATA_DIR to the folder holding abdomen/)"
+        )
     return path

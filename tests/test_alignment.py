@@ -13,7 +13,9 @@ from grata_monai.alignment import cosine, dynamic_lr, grata_step
 
 def tiny_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1))
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1)
+    )
 
 
 def aux(network, x):
@@ -52,7 +54,9 @@ def test_grata_step_matches_hand_computation(scale):
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    record = grata_step(net, params, torch.optim.Adam(params, lr=1e-2), x, aux, pse, 1e-2, perturb_scale=scale)
+    record = grata_step(
+        net, params, torch.optim.Adam(params, lr=1e-2), x, aux, pse, 1e-2, perturb_scale=scale
+    )
     assert record.cosine == pytest.approx(cos, abs=1e-5)
     assert record.lr == pytest.approx(lr, rel=1e-5)
     got = torch.cat([p.detach().flatten() for p in params])
@@ -64,7 +68,9 @@ def test_ablations_change_what_they_say():
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     params = [net[1].weight, net[1].bias]
     before = [p.detach().clone() for p in params]
-    record = grata_step(net, params, torch.optim.SGD(params, lr=1.0), x, aux, pse, 0.5, align=False, dynamic=False)
+    record = grata_step(
+        net, params, torch.optim.SGD(params, lr=1.0), x, aux, pse, 0.5, align=False, dynamic=False
+    )
     assert record.lr == 0.5
     at_theta = _with(net, before)
     g_p = torch.autograd.grad(pse(at_theta, x), list(at_theta[1].parameters()))

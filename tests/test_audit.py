@@ -18,9 +18,13 @@ def test_checksum_follows_in_place_changes(unet):
 
 
 def test_reports_survive_decollation_one_per_volume():
-    batch = MetaTensor(torch.zeros(2, 3, 4, 4, 4), meta={"filename_or_obj": ["a.nii.gz", "b.nii.gz"]})
+    batch = MetaTensor(
+        torch.zeros(2, 3, 4, 4, 4), meta={"filename_or_obj": ["a.nii.gz", "b.nii.gz"]}
+    )
     batch.is_batch = True
-    out = attach_reports(batch, [VolumeReport("grata", steps=[{"lr": 1.0}]), VolumeReport("grata", guard="worse")])
+    out = attach_reports(
+        batch, [VolumeReport("grata", steps=[{"lr": 1.0}]), VolumeReport("grata", guard="worse")]
+    )
     assert [r["guard"] for r in reports_of(out)] == [None, "worse"]
     items = decollate_batch({"pred": out})
     assert [reports_of(i["pred"]) for i in items] == [[reports_of(out)[0]], [reports_of(out)[1]]]

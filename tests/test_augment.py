@@ -9,8 +9,16 @@ import torch
 
 from grata_monai.augment import GPUAugment
 
-OFF = dict(location_scale_prob=0.0, gin_prob=0.0, gamma_prob=0.0, invert_prob=0.0, bias_prob=0.0,
-           thick_slice_prob=0.0, blur_prob=0.0, noise_prob=0.0)
+OFF = dict(
+    location_scale_prob=0.0,
+    gin_prob=0.0,
+    gamma_prob=0.0,
+    invert_prob=0.0,
+    bias_prob=0.0,
+    thick_slice_prob=0.0,
+    blur_prob=0.0,
+    noise_prob=0.0,
+)
 
 
 def _batch(b: int = 3):
@@ -34,7 +42,9 @@ def test_all_off_only_rescales():
     assert torch.allclose(out, (x - lo) / (hi - lo), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["location_scale", "gin", "gamma", "invert", "bias", "thick_slice", "blur", "noise"])
+@pytest.mark.parametrize(
+    "name", ["location_scale", "gin", "gamma", "invert", "bias", "thick_slice", "blur", "noise"]
+)
 def test_each_augmentation_changes_the_image_within_range(name):
     x, y = _batch()
     out = _run(GPUAugment(**(OFF | {f"{name}_prob": 1.0})), x, y)
@@ -45,7 +55,10 @@ def test_each_augmentation_changes_the_image_within_range(name):
 
 def test_invert_is_exact():
     x, y = _batch()
-    base, inv = _run(GPUAugment(**OFF), x, y), _run(GPUAugment(**(OFF | {"invert_prob": 1.0})), x, y)
+    base, inv = (
+        _run(GPUAugment(**OFF), x, y),
+        _run(GPUAugment(**(OFF | {"invert_prob": 1.0})), x, y),
+    )
     assert torch.allclose(inv, 1 - base, atol=1e-6)
 
 

@@ -39,9 +39,28 @@ def data():
 
 def test_benchmark_command_end_to_end(data, tmp_path):
     out = tmp_path / "results.json"
-    cmd = [sys.executable, "-m", "grata_monai.cli", "benchmark", "--data_dir", str(data), "--limit", "1",
-           "--methods", "source,grata", "--steps", "1", "--patches_per_step", "1", "--out", str(out), "--device", "cpu",
-           "--bundle_dir", str(BUNDLE_DIR)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "grata_monai.cli",
+        "benchmark",
+        "--data_dir",
+        str(data),
+        "--limit",
+        "1",
+        "--methods",
+        "source,grata",
+        "--steps",
+        "1",
+        "--patches_per_step",
+        "1",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--bundle_dir",
+        str(BUNDLE_DIR),
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
     results = json.loads(out.read_text())
     assert set(results["methods"]) == {"source", "grata"}
@@ -55,11 +74,21 @@ def test_benchmark_command_end_to_end(data, tmp_path):
 
 def test_source_command_running_and_per_volume_statistics(data, tmp_path):
     out = tmp_path / "source.json"
-    result = run_source(splits="mr_test", data_dir=str(data), bundle_dir=str(BUNDLE_DIR), out=str(out), device="cpu", limit=1)
-    running, per_volume = result["mr_test"]["running"]["summary"], result["mr_test"]["per_volume"]["summary"]
+    result = run_source(
+        splits="mr_test",
+        data_dir=str(data),
+        bundle_dir=str(BUNDLE_DIR),
+        out=str(out),
+        device="cpu",
+        limit=1,
+    )
+    running, per_volume = (
+        result["mr_test"]["running"]["summary"],
+        result["mr_test"]["per_volume"]["summary"],
+    )
     assert len(running["dice_per_class"]) == len(defaults.ORGANS)
-    assert running["dice_mean"] > 0.8 and per_volume["dice_mean"] > 0.8  # the model segments MR either way
+    assert (
+        running["dice_mean"] > 0.8 and per_volume["dice_mean"] > 0.8
+    )  # the model segments MR either way
     assert per_volume["dice_per_class"] != running["dice_per_class"]  # the statistics differ
     assert json.loads(out.read_text())["mr_test"]["per_volume"]["summary"] == per_volume
-
-

@@ -31,7 +31,11 @@ def _write_dataset(root, n=2):
         nib.save(nib.Nifti1Image(img, affine), str(root / "img" / f"v{i}_image.nii.gz"))
         nib.save(nib.Nifti1Image(lab, affine), str(root / "img" / f"v{i}_label.nii.gz"))
         entries.append({"image": f"img/v{i}_image.nii.gz", "label": f"img/v{i}_label.nii.gz"})
-    spec = {"labels": {"0": "background", "1": "liver", "4": "spleen"}, "train": entries[:1], "test": entries[1:]}
+    spec = {
+        "labels": {"0": "background", "1": "liver", "4": "spleen"},
+        "train": entries[:1],
+        "test": entries[1:],
+    }
     (root / "datalist.json").write_text(json.dumps(spec))
     return spec
 
@@ -72,9 +76,22 @@ def test_cli_cache(tmp_path):
     src.mkdir()
     _write_dataset(src, n=1)
     r = subprocess.run(
-        [sys.executable, "-m", "grata_monai.cli", "cache", "--data_dir", str(src), "--out_dir", str(tmp_path / "c"),
-         "--num_workers", "0", "--config_file", TRAIN],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "grata_monai.cli",
+            "cache",
+            "--data_dir",
+            str(src),
+            "--out_dir",
+            str(tmp_path / "c"),
+            "--num_workers",
+            "0",
+            "--config_file",
+            TRAIN,
+        ],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "c" / "datalist.json").is_file()

@@ -22,13 +22,17 @@ def test_score_candidate_dice_with_and_without_post_processing():
     layout = fit_layout([(label, AFFINE)], [1])
     scores = score_candidate((probs, label, AFFINE, layout, 0.016))
     assert scores["dice"]["raw"][0] == pytest.approx(2 * 144 / (145 + 144))
-    assert scores["dice"]["lcc"][0] == pytest.approx(1.0) and scores["dice"]["layout"][0] == pytest.approx(1.0)
+    assert scores["dice"]["lcc"][0] == pytest.approx(1.0) and scores["dice"]["layout"][
+        0
+    ] == pytest.approx(1.0)
     assert scores["removed_fraction"]["layout"] == pytest.approx(1 / 145)
     assert scores["volume_ml"][0] == pytest.approx(144 * 0.016)
 
 
 def test_volume_candidates_one_prediction_per_blend(unet, volume):
-    probs, signals = volume_candidates(unet, volume, adapt=False, device=torch.device("cpu"), reference=[1 / 32] * 32)
+    probs, signals = volume_candidates(
+        unet, volume, adapt=False, device=torch.device("cpu"), reference=[1 / 32] * 32
+    )
     assert list(probs) == [f"{a:g}" for a in ALPHAS] + ["ensemble"]
     assert all(p.dtype == np.uint8 and p.shape[1:] == volume.shape[2:] for p in probs.values())
     assert not np.array_equal(probs["0"], probs["1"])  # source and own statistics differ

@@ -15,7 +15,9 @@ CLI = [sys.executable, "-m", "grata_monai.cli"]
 
 
 def test_plain_renders_restructured_text():
-    assert plain("see :func:`~grata_monai.bundle.wrap.wrap` and ``--steps``") == "see wrap and --steps"
+    assert (
+        plain("see :func:`~grata_monai.bundle.wrap.wrap` and ``--steps``") == "see wrap and --steps"
+    )
     assert plain(":mod:`grata_monai.bench.methods`") == "grata_monai.bench.methods"
 
 
@@ -36,7 +38,9 @@ def test_every_command_help_exits_0_in_plain_text(command, capsys):
 
 
 def test_help_through_the_console_script_exits_0():
-    r = subprocess.run([*CLI, "wrap", "--help"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        [*CLI, "wrap", "--help"], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
     assert r.returncode == 0 and "--steps" in r.stdout + r.stderr
 
 
@@ -46,12 +50,18 @@ def test_top_level_help_lists_the_commands(capsys):
 
 
 def test_segment_refuses_a_missing_input_or_a_non_nifti_file(tmp_path):
-    r = subprocess.run([*CLI, "segment", str(tmp_path / "nope.nii.gz"), "--bundle_dir", str(BUNDLE_DIR)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [*CLI, "segment", str(tmp_path / "nope.nii.gz"), "--bundle_dir", str(BUNDLE_DIR)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0 and "does not exist" in r.stderr
     (tmp_path / "notes.txt").write_text("x")
-    r = subprocess.run([*CLI, "segment", str(tmp_path / "notes.txt"), "--bundle_dir", str(BUNDLE_DIR)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [*CLI, "segment", str(tmp_path / "notes.txt"), "--bundle_dir", str(BUNDLE_DIR)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0 and "not a NIfTI file" in r.stderr
 
 
@@ -61,9 +71,27 @@ def test_segment_one_file_of_the_sample(tmp_path):
     if not (BUNDLE_DIR / "models" / "model.pt").is_file():
         pytest.skip(f"{BUNDLE_DIR}/models/model.pt not present")
     out = tmp_path / "out"
-    r = subprocess.run([*CLI, "segment", str(image), "--bundle_dir", str(BUNDLE_DIR), "--output_dir", str(out),
-                        "--inferer#steps", "1", "--inferer#patches_per_step", "1"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            *CLI,
+            "segment",
+            str(image),
+            "--bundle_dir",
+            str(BUNDLE_DIR),
+            "--output_dir",
+            str(out),
+            "--inferer#steps",
+            "1",
+            "--inferer#patches_per_step",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == ["mr_01_image_seg.nii.gz", "mr_01_image_seg_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "mr_01_image_seg.nii.gz",
+        "mr_01_image_seg_report.json",
+    ]
     report = json.loads((out / "mr_01_image_seg_report.json").read_text())
     assert len(report["steps"]) == 1 and report["settings"]["patches_per_step"] == 1

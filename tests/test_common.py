@@ -10,7 +10,10 @@ from tests.conftest import BUNDLE_DIR
 
 def test_bundle_config_sets_the_bundle_root_and_reads_each_config():
     parser = bundle_config(BUNDLE_DIR)
-    assert parser["bundle_root"] == str(BUNDLE_DIR) and parser["inferer"]["_target_"] == "grata_monai.GraTaInferer"
+    assert (
+        parser["bundle_root"] == str(BUNDLE_DIR)
+        and parser["inferer"]["_target_"] == "grata_monai.GraTaInferer"
+    )
     assert bundle_config(BUNDLE_DIR, "train.json")["roi_size"] == parser["roi_size"]
 
 

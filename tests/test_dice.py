@@ -26,7 +26,9 @@ def test_dice_per_organ_by_hand(tmp_path, capsys):
     result = file_dice(_save(tmp_path / "p.nii.gz", pred), _save(tmp_path / "l.nii.gz", label))
     assert result["liver"] == pytest.approx(2 * 32 / (32 + 64))
     assert result["spleen"] == pytest.approx(2 * 32 / (64 + 32))
-    assert math.isnan(result["right kidney"]) and math.isnan(result["left kidney"])  # absent from both
+    assert math.isnan(result["right kidney"]) and math.isnan(
+        result["left kidney"]
+    )  # absent from both
     assert result["mean"] == pytest.approx(2 / 3)
     print_dice(str(tmp_path / "p.nii.gz"), str(tmp_path / "l.nii.gz"))
     assert capsys.readouterr().out.startswith("Dice: liver 0.667, right kidney nan")

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from grata_monai.bundle.dicom import CheckDicomSeriesd, DicomSeriesError, check_item, check_series
-
 from tests.conftest import BUNDLE_DIR, DATA_DIR
 
 IRCAD = DATA_DIR / "ircad01" / "PATIENT_DICOM"
@@ -23,7 +22,9 @@ JPEG2000 = DATA_DIR / "dicom-samples" / "totalseg_ct_jpeg2000"
 
 def _need(path: Path) -> Path:
     if not path.is_dir():
-        pytest.skip(f"real DICOM series not found at {path} (set GRATA_DATA_DIR to the folder holding ircad01/, dicom-samples/)")
+        pytest.skip(
+            f"real DICOM series not found at {path} (set GRATA_DATA_DIR to the folder holding ircad01/, dicom-samples/)"
+        )
     return path
 
 
@@ -112,16 +113,22 @@ def test_jpeg2000_series_decodes_with_pydicom():
     from monai.transforms import LoadImage, Orientation
 
     def load(reader: str) -> torch.Tensor:
-        image = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)(str(_need(JPEG2000)))
+        image = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)(
+            str(_need(JPEG2000))
+        )
         return Orientation("RAS")(image)  # the readers stack the slices in opposite orders
 
     image = load("PydicomReader")
     assert tuple(image.shape) == (1, 512, 512, 20)
-    assert float(image.min()) <= -1000 + 50 and float(image.max()) > 500, "not HU: decoding or rescale failed"
+    assert float(image.min()) <= -1000 + 50 and float(image.max()) > 500, (
+        "not HU: decoding or rescale failed"
+    )
     pytest.importorskip("itk", reason="ITK not installed: the ITK comparison runs in the core env")
     reference = load("ITKReader")
     assert torch.allclose(image.affine, reference.affine), "readers agree on the geometry"
-    assert torch.equal(image.as_tensor().float(), reference.as_tensor().float()), "lossless: readers agree on every voxel"
+    assert torch.equal(image.as_tensor().float(), reference.as_tensor().float()), (
+        "lossless: readers agree on every voxel"
+    )
 
 
 @pytest.mark.realdata
@@ -134,7 +141,9 @@ def test_pydicom_decoder_plugin_available():
     try:
         pixels = ds.pixel_array
     except Exception as e:  # noqa: BLE001
-        pytest.fail(f"pydicom cannot decode JPEG 2000: {e}. Install `pip install pylibjpeg pylibjpeg-openjpeg`.")
+        pytest.fail(
+            f"pydicom cannot decode JPEG 2000: {e}. Install `pip install pylibjpeg pylibjpeg-openjpeg`."
+        )
     assert pixels.shape == (512, 512)
 
 
@@ -170,7 +179,9 @@ def test_bundle_preprocessing_refuses_broken_folder(tmp_path):
         pytest.skip("bundle preprocessing does not run grata_monai.bundle.dicom.CheckDicomSeriesd")
     files = _sorted_files(_need(JPEG2000))
     folder = _copy(files[:5] + files[7:], tmp_path / "gappy")
-    with pytest.raises(Exception) as err:  # MONAI wraps it: "applying transform ...", caused by ours
+    with pytest.raises(
+        Exception
+    ) as err:  # MONAI wraps it: "applying transform ...", caused by ours
         pre({"image": str(folder)})
     cause = err.value
     while cause is not None and not isinstance(cause, DicomSeriesError):

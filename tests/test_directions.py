@@ -6,13 +6,22 @@ import json
 
 import pytest
 
-from grata_monai.bench.directions import RULES, choose_rule, rule_dice, summarize_set, write_directions
+from grata_monai.bench.directions import (
+    RULES,
+    choose_rule,
+    rule_dice,
+    summarize_set,
+    write_directions,
+)
 
 
 def _candidate(dice: float, entropy: float, removed: float = 0.0) -> dict:
     d = [dice / 100] * 4
-    return {"dice": {"raw": d, "lcc": d, "layout": d}, "entropy_fg": entropy,
-            "removed_fraction": {"lcc": removed, "layout": removed}}
+    return {
+        "dice": {"raw": d, "lcc": d, "layout": d},
+        "entropy_fg": entropy,
+        "removed_fraction": {"lcc": removed, "layout": removed},
+    }
 
 
 def _entry(split: str, dice: dict, entropy: dict) -> dict:
@@ -35,7 +44,10 @@ def test_entropy_rule_takes_the_least_uncertain_candidate():
 
 
 def test_summary_reports_best_and_worst_volume():
-    vols = {"a": _entry("mr_test", DICE_MR, LOW_AT_SOURCE), "b": _entry("mr_test", DICE_MR, LOW_AT_OWN)}
+    vols = {
+        "a": _entry("mr_test", DICE_MR, LOW_AT_SOURCE),
+        "b": _entry("mr_test", DICE_MR, LOW_AT_OWN),
+    }
     s = summarize_set(vols)
     assert s["mean"]["entropy of 0/0.5/1 (bundle)"]["layout"] == pytest.approx(84.0)  # 80 and 88
     assert s["mean"]["per-volume best of source/half/own"]["layout"] == pytest.approx(88.0)
@@ -44,20 +56,42 @@ def test_summary_reports_best_and_worst_volume():
 
 
 def test_choice_ignores_the_calibrated_histogram_rule():
-    sets = {"ct": summarize_set({"a": _entry("ct_val", DICE_CT, LOW_AT_SOURCE)}),
-            "mr": summarize_set({"b": _entry("mr_test", DICE_MR, LOW_AT_OWN)})}
-    assert choose_rule(sets, ("ct", "mr")) == "entropy of 0/0.5/1 (bundle)"  # 93 and 88: the best mean
+    sets = {
+        "ct": summarize_set({"a": _entry("ct_val", DICE_CT, LOW_AT_SOURCE)}),
+        "mr": summarize_set({"b": _entry("mr_test", DICE_MR, LOW_AT_OWN)}),
+    }
+    assert (
+        choose_rule(sets, ("ct", "mr")) == "entropy of 0/0.5/1 (bundle)"
+    )  # 93 and 88: the best mean
 
 
 def test_write_directions_from_tables(tmp_path):
-    ct = {"device": "cpu", "git_revision": "x", "command": "c", "volumes": {
-        "ct_24_image": _entry("ct_val", DICE_CT, LOW_AT_SOURCE), "mr_01_image": _entry("mr_test", DICE_MR, LOW_AT_OWN)}}
-    mr = {"device": "cpu", "git_revision": "x", "command": "c", "volumes": {
-        "ct_24_image": _entry("ct_val", DICE_MR, LOW_AT_OWN), "ct_01_image": _entry("ct_train", DICE_MR, LOW_AT_SOURCE)}}
+    ct = {
+        "device": "cpu",
+        "git_revision": "x",
+        "command": "c",
+        "volumes": {
+            "ct_24_image": _entry("ct_val", DICE_CT, LOW_AT_SOURCE),
+            "mr_01_image": _entry("mr_test", DICE_MR, LOW_AT_OWN),
+        },
+    }
+    mr = {
+        "device": "cpu",
+        "git_revision": "x",
+        "command": "c",
+        "volumes": {
+            "ct_24_image": _entry("ct_val", DICE_MR, LOW_AT_OWN),
+            "ct_01_image": _entry("ct_train", DICE_MR, LOW_AT_SOURCE),
+        },
+    }
     (tmp_path / "ct.json").write_text(json.dumps(ct))
     (tmp_path / "mr.json").write_text(json.dumps(mr))
     result = write_directions(str(tmp_path / "ct.json"), str(tmp_path / "mr.json"), str(tmp_path))
     assert result["chosen_on_ct_model"] == "entropy of 0/0.5/1 (bundle)"
-    assert set(result["sets"]) == {"CT model: dev MR (mr_test)", "CT model: ct_val", "MR model 0: ct_val",
-                                   "MR model 0: 24 other CT"}
+    assert set(result["sets"]) == {
+        "CT model: dev MR (mr_test)",
+        "CT model: ct_val",
+        "MR model 0: ct_val",
+        "MR model 0: 24 other CT",
+    }
     assert "held out" in (tmp_path / "directions.md").read_text()

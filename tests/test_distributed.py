@@ -23,7 +23,9 @@ from tests.conftest import BUNDLE_DIR, abdomen_dir
 
 def _net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1)).train()
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1)
+    ).train()
 
 
 def _aux(network, x):
@@ -96,7 +98,9 @@ def _inferer_worker(rank: int, world: int, port: int, out: str) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    inferer = GraTaInferer((16, 16, 16), steps=2, patches_per_step=2, lr0=1e-2, episodic=False, sync_ranks=True)
+    inferer = GraTaInferer(
+        (16, 16, 16), steps=2, patches_per_step=2, lr0=1e-2, episodic=False, sync_ranks=True
+    )
     volume = torch.rand(1, 1, 24, 24, 20, generator=torch.Generator().manual_seed(rank))
     with torch.no_grad():
         inferer(volume, tiny_unet())
@@ -129,18 +133,43 @@ def test_multi_gpu_evaluate_config_matches_one_process(tmp_path):
     (data / "datalist.json").write_text(json.dumps({"mr_test": items}))
     configs = BUNDLE_DIR / "configs"
     files = [str(configs / f) for f in ("inference.json", "evaluate.json")]
-    quick = ["--bundle_root", str(BUNDLE_DIR), "--dataset_dir", str(data), "--inferer#steps", "1",
-             "--inferer#patches_per_step", "1"]
+    quick = [
+        "--bundle_root",
+        str(BUNDLE_DIR),
+        "--dataset_dir",
+        str(data),
+        "--inferer#steps",
+        "1",
+        "--inferer#patches_per_step",
+        "1",
+    ]
     one = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files)]
-    two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-           str(29500 + (os.getpid() + 13) % 1000), "-m", "monai.bundle", "run",
-           "--config_file", str(files + [str(configs / "multi_gpu_evaluate.json")])]
+    two = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port",
+        str(29500 + (os.getpid() + 13) % 1000),
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(files + [str(configs / "multi_gpu_evaluate.json")]),
+    ]
     for cmd, out in ((one, "one"), (two, "two")):
-        r = subprocess.run(cmd + quick + ["--output_dir", str(tmp_path / out)], capture_output=True, text=True)
+        r = subprocess.run(
+            cmd + quick + ["--output_dir", str(tmp_path / out)], capture_output=True, text=True
+        )
         assert r.returncode == 0, r.stderr[-3000:]
-    rows = {out: (tmp_path / out / "mean_dice_raw.csv").read_text().splitlines() for out in ("one", "two")}
+    rows = {
+        out: (tmp_path / out / "mean_dice_raw.csv").read_text().splitlines()
+        for out in ("one", "two")
+    }
     assert len(rows["one"]) == 3 and sorted(rows["one"]) == sorted(rows["two"])
-    assert (tmp_path / "one" / "metrics.csv").read_text() == (tmp_path / "two" / "metrics.csv").read_text()
+    assert (tmp_path / "one" / "metrics.csv").read_text() == (
+        tmp_path / "two" / "metrics.csv"
+    ).read_text()
 
 
 def test_multi_gpu_train_config_runs_with_torchrun(tmp_path):
@@ -148,15 +177,51 @@ def test_multi_gpu_train_config_runs_with_torchrun(tmp_path):
     the network is wrapped in DistributedDataParallel, each rank draws its own batches, and rank 0
     alone writes the checkpoint, which loads into the plain network."""
     sample = BUNDLE_DIR / "sample"
-    item = {"image": str(sample / "mr_01_image.nii.gz"), "label": str(sample / "mr_01_label.nii.gz")}
-    (tmp_path / "datalist.json").write_text(json.dumps({"ct_train": [item], "ct_val": [item, item]}))
+    item = {
+        "image": str(sample / "mr_01_image.nii.gz"),
+        "label": str(sample / "mr_01_label.nii.gz"),
+    }
+    (tmp_path / "datalist.json").write_text(
+        json.dumps({"ct_train": [item], "ct_val": [item, item]})
+    )
     configs = BUNDLE_DIR / "configs"
     files = [str(configs / f) for f in ("train.json", "multi_gpu_train.json")]
-    tiny = ["--bundle_root", str(BUNDLE_DIR), "--dataset_dir", str(tmp_path), "--ckpt_dir", str(tmp_path / "models"),
-            "--epoch_length", "1", "--max_epochs", "1", "--val_interval", "1", "--batch_size", "2",
-            "--roi_size", "[32,32,16]", "--train#dataset#num_workers", "0", "--validate#dataset#num_workers", "0"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-           str(29500 + (os.getpid() + 29) % 1000), "-m", "monai.bundle", "run", "--config_file", str(files), *tiny]
+    tiny = [
+        "--bundle_root",
+        str(BUNDLE_DIR),
+        "--dataset_dir",
+        str(tmp_path),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--epoch_length",
+        "1",
+        "--max_epochs",
+        "1",
+        "--val_interval",
+        "1",
+        "--batch_size",
+        "2",
+        "--roi_size",
+        "[32,32,16]",
+        "--train#dataset#num_workers",
+        "0",
+        "--validate#dataset#num_workers",
+        "0",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port",
+        str(29500 + (os.getpid() + 29) % 1000),
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(files),
+        *tiny,
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     saved = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
@@ -164,5 +229,7 @@ def test_multi_gpu_train_config_runs_with_torchrun(tmp_path):
 
     parser = ConfigParser()
     parser.read_config(str(configs / "train.json"))
-    parser.get_parsed_content("network_def").load_state_dict(saved)  # no "module." prefix: DDP unwrapped
+    parser.get_parsed_content("network_def").load_state_dict(
+        saved
+    )  # no "module." prefix: DDP unwrapped
     assert json.loads((tmp_path / "models" / "training_log.json").read_text())

@@ -9,7 +9,9 @@ import pytest
 
 from tests.conftest import ROOT
 
-PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "bundle").rglob("*.md")])
+PAGES = sorted(
+    [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "bundle").rglob("*.md")]
+)
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 
@@ -28,7 +30,9 @@ def test_relative_links_resolve(page):
 
 def test_the_link_pattern_finds_links(tmp_path):
     page = tmp_path / "p.md"
-    page.write_text("[a](x.md) ![f](y.png) [w](https://e.org) [h](#s)\n```\n[c](not-a-link.md)\n```\n[b](z.md#part)")
+    page.write_text(
+        "[a](x.md) ![f](y.png) [w](https://e.org) [h](#s)\n```\n[c](not-a-link.md)\n```\n[b](z.md#part)"
+    )
     assert relative_links(page) == ["x.md", "y.png", "z.md#part"]
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grata_monai.domain import histogram_distance, intensity_histogram, reference_histogram, volume_weight, foreground_entropy
+from grata_monai.domain import (
+    foreground_entropy,
+    histogram_distance,
+    intensity_histogram,
+    reference_histogram,
+    volume_weight,
+)
 
 
 def test_histogram_is_normalized_and_ignores_air():
@@ -42,5 +48,7 @@ def test_foreground_entropy_is_the_mean_entropy_over_predicted_organs():
     confident = foreground_entropy(logits)
     logits[:, 1, :2] = 0.1  # organ predicted, but barely
     assert confident < 0.01 and foreground_entropy(logits) == pytest.approx(0.693, abs=0.01)
-    assert foreground_entropy(torch.zeros(1, 2, 2, 2, 2) - torch.tensor([0.0, 1.0]).view(1, 2, 1, 1, 1)) == float("inf")
+    assert foreground_entropy(
+        torch.zeros(1, 2, 2, 2, 2) - torch.tensor([0.0, 1.0]).view(1, 2, 1, 1, 1)
+    ) == float("inf")
     assert foreground_entropy(torch.full((1, 1, 2, 2, 2), 10.0), sigmoid=True) < 0.01

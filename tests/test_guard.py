@@ -17,9 +17,19 @@ OK = [torch.ones(3)]
     "after, params, losses, reason",
     [
         (Signals(0.5, [0.7, 0.2, 0.1, 0.0]), OK, [1.0], None),
-        (Signals(0.5, [0.5, 0.3, 0.15, 0.004]), OK, [1.0], None),  # background and tiny classes may vary
+        (
+            Signals(0.5, [0.5, 0.3, 0.15, 0.004]),
+            OK,
+            [1.0],
+            None,
+        ),  # background and tiny classes may vary
         (Signals(0.5, [0.7, 0.2, 0.1, 0.0]), OK, [float("nan")], "non-finite"),
-        (Signals(0.5, [0.7, 0.2, 0.1, 0.0]), [torch.tensor([1.0, float("inf")])], [1.0], "non-finite"),
+        (
+            Signals(0.5, [0.7, 0.2, 0.1, 0.0]),
+            [torch.tensor([1.0, float("inf")])],
+            [1.0],
+            "non-finite",
+        ),
         (Signals(0.7, [0.7, 0.2, 0.1, 0.0]), OK, [1.0], "entropy"),
         (Signals(0.4, [0.75, 0.2, 0.04, 0.01]), OK, [1.0], "class 2"),  # collapsed
         (Signals(0.4, [0.5, 0.45, 0.05, 0.0]), OK, [1.0], "class 1"),  # exploded
@@ -48,13 +58,21 @@ def test_inferer_measures_with_its_own_activation(unet, volume, monkeypatch, sig
 
     monkeypatch.setattr(grata_monai.adaptive, "measure", spy)
     with torch.no_grad():
-        TentInferer(ROI, sw_batch_size=2, steps=1, patches_per_step=2, sigmoid=sigmoid)(volume, unet)
+        TentInferer(ROI, sw_batch_size=2, steps=1, patches_per_step=2, sigmoid=sigmoid)(
+            volume, unet
+        )
     assert seen == [sigmoid, sigmoid]  # before and after adapting
 
 
 def absurd(**kwargs):
     """An absurd fixed learning rate (GraTa's dynamic lr alone may already shrink the step to ~0)."""
-    settings = {"steps": 3, "patches_per_step": 2, "lr0": 1e6, "optimizer": "sgd", "dynamic_lr": False}
+    settings = {
+        "steps": 3,
+        "patches_per_step": 2,
+        "lr0": 1e6,
+        "optimizer": "sgd",
+        "dynamic_lr": False,
+    }
     return GraTaInferer(ROI, sw_batch_size=2, **settings, **kwargs)
 
 
@@ -65,7 +83,9 @@ def test_forced_divergence_falls_back_to_unadapted_output(unet, volume):
         unguarded = absurd(guard=False)(volume, unet)
     assert reports_of(out)[0]["guard"] is not None
     assert torch.equal(out, unadapted)
-    assert not torch.allclose(unguarded, unadapted, equal_nan=True)  # without the guard the damage shows
+    assert not torch.allclose(
+        unguarded, unadapted, equal_nan=True
+    )  # without the guard the damage shows
 
 
 def test_nan_step_falls_back(unet, volume):

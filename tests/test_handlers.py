@@ -18,7 +18,9 @@ from grata_monai.bundle.handlers import AuditReportHandler
 
 def _engine(inferer, unet, volume, names: list[str]):
     """The engine state of a SupervisedEvaluator once the inferer has returned (FORWARD_COMPLETED)."""
-    batch = MetaTensor(torch.cat([volume, volume.flip(2)][: len(names)]), meta={"filename_or_obj": names})
+    batch = MetaTensor(
+        torch.cat([volume, volume.flip(2)][: len(names)]), meta={"filename_or_obj": names}
+    )
     batch.is_batch = True
     with torch.no_grad():
         pred = inferer(batch, unet)
@@ -37,9 +39,18 @@ def test_one_report_per_volume_with_the_documented_fields(unet, volume, tmp_path
     assert {"aux_loss", "pseudo_loss", "cosine", "lr"} <= set(a["steps"][0])
     assert a["steps"] != b["steps"]  # each volume its own record
     assert a["guard"] is None and a["adapt_seconds"] > 0 and a["device"] == "cpu"
-    assert a["output"] == str(tmp_path / "a_seg.nii.gz") and b["output"] == str(tmp_path / "b_seg.nii.gz")
-    assert a["written_utc"].endswith("+00:00") and set(a["versions"]) == {"grata-monai", "monai", "torch", "python"}
-    assert a["autocast"] == "off" and a["settings"]["amp"] is False  # amp asked, but no autocast on a CPU
+    assert a["output"] == str(tmp_path / "a_seg.nii.gz") and b["output"] == str(
+        tmp_path / "b_seg.nii.gz"
+    )
+    assert a["written_utc"].endswith("+00:00") and set(a["versions"]) == {
+        "grata-monai",
+        "monai",
+        "torch",
+        "python",
+    }
+    assert (
+        a["autocast"] == "off" and a["settings"]["amp"] is False
+    )  # amp asked, but no autocast on a CPU
     assert a["source_sha256"] == checksum(unet)
     with pytest.raises(FileExistsError, match="already exists"):
         handler(engine)

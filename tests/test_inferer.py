@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import torch
 from monai.inferers import SlidingWindowInferer
 
 from grata_monai import GraTaInferer, defaults, reports_of
@@ -18,7 +18,13 @@ ROI = (16, 16, 16)
 
 
 def grata(**kwargs) -> GraTaInferer:
-    settings = {"sw_batch_size": 2, "steps": 2, "patches_per_step": 2, "lr0": 1e-2, "seed": 0} | kwargs
+    settings = {
+        "sw_batch_size": 2,
+        "steps": 2,
+        "patches_per_step": 2,
+        "lr0": 1e-2,
+        "seed": 0,
+    } | kwargs
     return GraTaInferer(ROI, **settings)
 
 
@@ -86,7 +92,8 @@ def test_torchscript_network_adapts(unet, volume):
         out_scripted = inferer(volume, scripted)
     adapted = inferer._episode.network
     moved = [
-        not torch.equal(m.weight, dict(scripted.named_modules())[n].weight) for n, m in find_norm_layers(adapted)
+        not torch.equal(m.weight, dict(scripted.named_modules())[n].weight)
+        for n, m in find_norm_layers(adapted)
     ]
     assert any(moved), "no norm weight of the TorchScript network was adapted"
     assert_same(scripted, snap)
@@ -229,11 +236,25 @@ def test_report_records_each_step(unet, volume):
 
 def test_defaults_are_the_bundles():
     inferer = GraTaInferer()
-    assert inferer.roi_size == defaults.ROI_SIZE and inferer.sliding.sw_batch_size == defaults.SW_BATCH_SIZE
-    assert (inferer.steps, inferer.patches_per_step, inferer.lr0) == (defaults.STEPS, defaults.PATCHES_PER_STEP, defaults.LR0)
-    assert inferer.weak_transforms == defaults.WEAK_TRANSFORMS and "flip0" not in inferer.weak_transforms
+    assert (
+        inferer.roi_size == defaults.ROI_SIZE
+        and inferer.sliding.sw_batch_size == defaults.SW_BATCH_SIZE
+    )
+    assert (inferer.steps, inferer.patches_per_step, inferer.lr0) == (
+        defaults.STEPS,
+        defaults.PATCHES_PER_STEP,
+        defaults.LR0,
+    )
+    assert (
+        inferer.weak_transforms == defaults.WEAK_TRANSFORMS
+        and "flip0" not in inferer.weak_transforms
+    )
     assert (inferer.batch_views, inferer.episodic, inferer.amp, inferer.seed) == (
-        defaults.BATCH_VIEWS, defaults.EPISODIC, defaults.AMP, defaults.SEED)
+        defaults.BATCH_VIEWS,
+        defaults.EPISODIC,
+        defaults.AMP,
+        defaults.SEED,
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -256,12 +277,19 @@ def test_real_mr_volume_smoke():
     if not (BUNDLE_DIR / "models" / "model.pt").is_file():
         pytest.skip(f"bundle weights not found at {BUNDLE_DIR}/models/model.pt")
     parser = ConfigParser()
-    parser.read_config([str(BUNDLE_DIR / "configs" / f) for f in ("inference.json", "evaluate.json")])
+    parser.read_config(
+        [str(BUNDLE_DIR / "configs" / f) for f in ("inference.json", "evaluate.json")]
+    )
     parser["bundle_root"] = str(BUNDLE_DIR)
     net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(BUNDLE_DIR / "models" / "model.pt", map_location="cpu", weights_only=True))
+    net.load_state_dict(
+        torch.load(BUNDLE_DIR / "models" / "model.pt", map_location="cpu", weights_only=True)
+    )
     item = parser.get_parsed_content("preprocessing")(
-        {"image": str(data / "mr" / "mr_01_image.nii.gz"), "label": str(data / "mr" / "mr_01_label.nii.gz")}
+        {
+            "image": str(data / "mr" / "mr_01_image.nii.gz"),
+            "label": str(data / "mr" / "mr_01_label.nii.gz"),
+        }
     )
     x, label = item["image"].as_tensor()[None], item["label"].as_tensor()[None].long()
     with torch.no_grad():
@@ -269,7 +297,9 @@ def test_real_mr_volume_smoke():
     assert out.shape == (1, 5, *x.shape[2:]) and torch.isfinite(out).all()
     pred = out.argmax(1, keepdim=True)
     assert set(pred.unique().tolist()) == set(range(5)), "every organ is predicted"
-    dice = DiceMetric(include_background=False, reduction="none")(one_hot(pred, 5), one_hot(label, 5))
+    dice = DiceMetric(include_background=False, reduction="none")(
+        one_hot(pred, 5), one_hot(label, 5)
+    )
     assert float(dice.nanmean()) > 0.4
 
 
@@ -341,17 +371,30 @@ def test_signature_is_explicit_and_shows_every_setting():
     params = inspect.signature(GraTaInferer).parameters
     assert not any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values())
     sliding = set(inspect.signature(SlidingWindowInferer).parameters) - {"args", "kwargs"}
-    assert sliding <= set(params) and set(inspect.signature(AdaptiveInferer).parameters) <= set(params)
+    assert sliding <= set(params) and set(inspect.signature(AdaptiveInferer).parameters) <= set(
+        params
+    )
     assert all(key in params for preset in defaults.PRESETS.values() for key in preset)
     text = pydoc.render_doc(GraTaInferer, renderer=pydoc.plaintext)
-    assert "steps: 'int' = 1," in text and "weak_transforms: 'Sequence[str]' = ('flip1', 'flip2')" in text
+    assert (
+        "steps: 'int' = 1," in text
+        and "weak_transforms: 'Sequence[str]' = ('flip1', 'flip2')" in text
+    )
     assert "with_coord: 'bool' = False" in text and "preset: 'str | None' = None" in text
 
 
 def test_sliding_window_arguments_pass_through(unet, volume):
-    inferer = grata(mode="gaussian", sigma_scale=0.2, padding_mode="replicate", cval=1.0, buffer_steps=2)
+    inferer = grata(
+        mode="gaussian", sigma_scale=0.2, padding_mode="replicate", cval=1.0, buffer_steps=2
+    )
     s = inferer.sliding
-    assert (s.mode, s.sigma_scale, s.padding_mode, s.cval, s.buffer_steps) == ("gaussian", 0.2, "replicate", 1.0, 2)
+    assert (s.mode, s.sigma_scale, s.padding_mode, s.cval, s.buffer_steps) == (
+        "gaussian",
+        0.2,
+        "replicate",
+        1.0,
+        2,
+    )
     with pytest.raises(TypeError, match="stpes"):
         GraTaInferer(ROI, stpes=2)
 
@@ -360,8 +403,14 @@ def test_guard_thresholds_and_abstract_step():
     from grata_monai.adaptive import AdaptiveInferer
     from grata_monai.guard import DivergenceGuard
 
-    assert GraTaInferer(ROI, guard=DivergenceGuard(entropy_tolerance=0.3)).guard.entropy_tolerance == 0.3
-    assert GraTaInferer(ROI).guard == DivergenceGuard() and GraTaInferer(ROI, guard=False).guard is None
+    assert (
+        GraTaInferer(ROI, guard=DivergenceGuard(entropy_tolerance=0.3)).guard.entropy_tolerance
+        == 0.3
+    )
+    assert (
+        GraTaInferer(ROI).guard == DivergenceGuard()
+        and GraTaInferer(ROI, guard=False).guard is None
+    )
     with pytest.raises(ValueError, match="guard must be"):
         GraTaInferer(ROI, guard="yes")
     with pytest.raises(TypeError, match="adapt_step"):
@@ -383,7 +432,9 @@ def test_entropy_rule_keeps_the_least_uncertain_blend_and_reports_every_candidat
     best = min(entropies, key=entropies.get)
     assert report["volume_statistics_weight"] == float(best)
     fixed = {"0": dict(norm_stats="source"), "1": dict(norm_stats="volume")}
-    assert best in fixed  # on this volume the tiny network is most certain with one of the plain choices
+    assert (
+        best in fixed
+    )  # on this volume the tiny network is most certain with one of the plain choices
     with torch.no_grad():
         plain = GraTaInferer(ROI, steps=0, **fixed[best])(volume, unet)
     assert torch.allclose(torch.as_tensor(logits), torch.as_tensor(plain), atol=1e-5)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import gzip
 import shutil
 
-import numpy as np
 import nibabel as nib
+import numpy as np
 import pytest
 
 from grata_monai.bundle.console import InputsSkipped
@@ -44,10 +44,14 @@ def test_2d_and_multichannel_images_are_skipped_with_the_reason(tmp_path):
     flat = _nifti(tmp_path / "flat.nii.gz", (16, 16))
     slab = _nifti(tmp_path / "slab.nii.gz", (16, 16, 1))
     rgb = _nifti(tmp_path / "rgb.nii.gz", (16, 16, 8, 3))
-    intake = Intake([{"image": p} for p in (good, flat, slab, rgb)], skipped=[("notes.txt", "not a NIfTI file")])
+    intake = Intake(
+        [{"image": p} for p in (good, flat, slab, rgb)], skipped=[("notes.txt", "not a NIfTI file")]
+    )
     assert [i["image"] for i in intake.items] == [good]
     reasons = dict(intake.failed)
-    assert reasons[flat].startswith("a 2D image (16x16)") and reasons[slab].startswith("a 2D image (16x16x1)")
+    assert reasons[flat].startswith("a 2D image (16x16)") and reasons[slab].startswith(
+        "a 2D image (16x16x1)"
+    )
     assert reasons[rgb].startswith("3 channels") and reasons["notes.txt"] == "not a NIfTI file"
 
 
@@ -71,7 +75,9 @@ def test_nothing_readable_is_an_error(tmp_path):
     bad = tmp_path / "x.nii.gz"
     with gzip.open(bad, "wb") as f:
         f.write(b"junk")
-    with pytest.raises(RuntimeError, match="none of the 1 input"):  # InputsSkipped is a RuntimeError
+    with pytest.raises(
+        RuntimeError, match="none of the 1 input"
+    ):  # InputsSkipped is a RuntimeError
         Intake([{"image": str(bad)}])
 
 
@@ -86,5 +92,7 @@ def test_dicom_series_with_a_missing_slice_is_skipped(tmp_path):
         shutil.copy(f, gap / f.name)
     intake = Intake([{"image": str(series)}, {"image": str(gap)}])
     assert [i["image"] for i in intake.items] == [str(series)]
-    assert intake.failed[0][0] == str(gap) and intake.failed[0][1].startswith("not one complete DICOM series")
+    assert intake.failed[0][0] == str(gap) and intake.failed[0][1].startswith(
+        "not one complete DICOM series"
+    )
     assert "missing slices" in intake.failed[0][1] and str(gap) not in intake.failed[0][1]

@@ -37,7 +37,10 @@ def _dicom_series(folder: Path, n: int = 2) -> None:
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = FileDataset(str(folder / f"IM{i}"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.SOPClassUID, ds.SOPInstanceUID = (
+            meta.MediaStorageSOPClassUID,
+            meta.MediaStorageSOPInstanceUID,
+        )
         ds.save_as(str(folder / f"IM{i}"), enforce_file_format=True)
 
 
@@ -103,8 +106,12 @@ def test_list_volumes_takes_one_nifti_file(tmp_path):
 
 def test_output_path_and_no_overwrite(tmp_path):
     items = [{"image": "/data/mr_01_image.nii.gz"}, {"image": "/data/series7/"}]
-    assert output_path(items[0]["image"], str(tmp_path), "seg") == str(tmp_path / "mr_01_image_seg.nii.gz")
-    assert output_path(items[1]["image"], str(tmp_path), "seg") == str(tmp_path / "series7_seg.nii.gz")
+    assert output_path(items[0]["image"], str(tmp_path), "seg") == str(
+        tmp_path / "mr_01_image_seg.nii.gz"
+    )
+    assert output_path(items[1]["image"], str(tmp_path), "seg") == str(
+        tmp_path / "series7_seg.nii.gz"
+    )
     assert check_no_overwrite(items, str(tmp_path), "seg") is items
     (tmp_path / "series7_seg.nii.gz").write_bytes(b"")
     with pytest.raises(FileExistsError, match="--overwrite true") as error:
@@ -115,7 +122,9 @@ def test_output_path_and_no_overwrite(tmp_path):
     assert check_no_overwrite(items, str(tmp_path), "seg", overwrite="true") is items
 
 
-@pytest.mark.parametrize("value,expected", [(True, True), ("false", False), ("True", True), ("0", False), (1, True)])
+@pytest.mark.parametrize(
+    "value,expected", [(True, True), ("false", False), ("True", True), ("0", False), (1, True)]
+)
 def test_as_bool(value, expected):
     assert as_bool(value) is expected
 
@@ -140,11 +149,19 @@ def test_output_path_is_save_imageds(tmp_path):
     from monai.transforms import SaveImage
 
     image = MetaTensor(np.zeros((1, 4, 4, 4), np.float32), meta={"filename_or_obj": "/d/s.1.2"})
-    SaveImage(output_dir=str(tmp_path), output_postfix="seg", separate_folder=False, print_log=False)(image)
-    assert [p.name for p in tmp_path.iterdir()] == [Path(output_path("/d/s.1.2", str(tmp_path), "seg")).name]
-    SaveImage(output_dir=str(tmp_path / "sep"), output_postfix="seg", print_log=False)(image)  # separate_folder
+    SaveImage(
+        output_dir=str(tmp_path), output_postfix="seg", separate_folder=False, print_log=False
+    )(image)
+    assert [p.name for p in tmp_path.iterdir()] == [
+        Path(output_path("/d/s.1.2", str(tmp_path), "seg")).name
+    ]
+    SaveImage(output_dir=str(tmp_path / "sep"), output_postfix="seg", print_log=False)(
+        image
+    )  # separate_folder
     written = [p for p in (tmp_path / "sep").rglob("*") if p.is_file()]
-    assert written == [Path(output_path("/d/s.1.2", str(tmp_path / "sep"), "seg", separate_folder=True))]
+    assert written == [
+        Path(output_path("/d/s.1.2", str(tmp_path / "sep"), "seg", separate_folder=True))
+    ]
 
 
 def test_list_volumes_excludes_label_maps_beside_the_images(tmp_path):
@@ -169,6 +186,8 @@ def test_load_datalist_stops_with_what_to_pass(tmp_path):
         load_datalist(tmp_path / "datalist.json", "mr_test", tmp_path)
     assert isinstance(error.value, RunStopped)
     (tmp_path / "datalist.json").write_text('{"mr_test": [{"image": "a.nii.gz"}], "ct_val": []}')
-    assert load_datalist(tmp_path / "datalist.json", "mr_test", tmp_path) == [{"image": str(tmp_path / "a.nii.gz")}]
+    assert load_datalist(tmp_path / "datalist.json", "mr_test", tmp_path) == [
+        {"image": str(tmp_path / "a.nii.gz")}
+    ]
     with pytest.raises(ValueError, match=r"no split 'mr_dev' \(it has: ct_val, mr_test\)"):
         load_datalist(tmp_path / "datalist.json", "mr_dev", tmp_path)

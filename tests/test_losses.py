@@ -7,7 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from grata_monai.losses import STRONG_VIEWS, ConsistencyLoss, EntropyLoss, entropy, soft_pseudo_label
+from grata_monai.losses import (
+    STRONG_VIEWS,
+    ConsistencyLoss,
+    EntropyLoss,
+    entropy,
+    soft_pseudo_label,
+)
 from grata_monai.views import weak_transform
 
 
@@ -19,9 +25,13 @@ def test_unknown_weak_view():
 def test_entropy_softmax_and_sigmoid():
     logits = torch.randn(2, 4, 3, 3, 3)
     p = torch.softmax(logits, 1)
-    assert entropy(logits).item() == pytest.approx((-(p * torch.log(p + 1e-6)).sum(1)).mean().item(), rel=1e-6)
+    assert entropy(logits).item() == pytest.approx(
+        (-(p * torch.log(p + 1e-6)).sum(1)).mean().item(), rel=1e-6
+    )
     q = torch.sigmoid(logits)
-    assert entropy(logits, sigmoid=True).item() == pytest.approx((-(q * torch.log(q + 1e-6)).sum(1)).mean().item())
+    assert entropy(logits, sigmoid=True).item() == pytest.approx(
+        (-(q * torch.log(q + 1e-6)).sum(1)).mean().item()
+    )
     uniform = torch.zeros(1, 4, 2, 2, 2)
     assert entropy(uniform).item() == pytest.approx(torch.log(torch.tensor(4.0)).item(), rel=1e-5)
     assert EntropyLoss()(nn.Identity(), logits).item() == pytest.approx(entropy(logits).item())
@@ -45,7 +55,9 @@ def test_pseudo_label_averages_mapped_back_predictions():
     x = torch.randn(1, 1, 4, 4, 3)
     expected = torch.softmax(net(x), 1)
     for name in ("flip2",):
-        expected = expected + weak_transform(torch.softmax(net(weak_transform(x, name)), 1), name, inverse=True)
+        expected = expected + weak_transform(
+            torch.softmax(net(weak_transform(x, name)), 1), name, inverse=True
+        )
     torch.testing.assert_close(soft_pseudo_label(net, x, weak=("flip2",)), expected / 2)
 
 

@@ -6,11 +6,19 @@ import pytest
 import torch
 from torch import nn
 
-from grata_monai.norms import collect_params, configure_model, find_norm_layers, norm_type, settle_batch_norm_statistics
+from grata_monai.norms import (
+    collect_params,
+    configure_model,
+    find_norm_layers,
+    norm_type,
+    settle_batch_norm_statistics,
+)
 from tests.conftest import tiny_unet
 
 
-@pytest.mark.parametrize("norm", ["batch", ("instance", {"affine": True}), ("group", {"num_groups": 1})])
+@pytest.mark.parametrize(
+    "norm", ["batch", ("instance", {"affine": True}), ("group", {"num_groups": 1})]
+)
 @pytest.mark.parametrize("scripted", [False, True])
 def test_finds_affine_norms_eager_and_scripted(norm, scripted):
     net = tiny_unet(norm)
@@ -25,7 +33,10 @@ def test_finds_affine_norms_eager_and_scripted(norm, scripted):
 
 def test_no_affine_norm_is_an_error():
     net = tiny_unet("instance")  # MONAI's default: InstanceNorm3d(affine=False)
-    assert norm_type(next(m for m in net.modules() if isinstance(m, nn.InstanceNorm3d))) == "InstanceNorm3d"
+    assert (
+        norm_type(next(m for m in net.modules() if isinstance(m, nn.InstanceNorm3d)))
+        == "InstanceNorm3d"
+    )
     with pytest.raises(ValueError, match="nothing to adapt"):
         collect_params(net)
     with pytest.raises(ValueError, match="nothing to adapt"):
@@ -59,7 +70,9 @@ def test_settle_uses_mean_of_per_batch_statistics(scripted):
     with torch.no_grad():
         feats = [net[0](b) for b in batches]
     n = settle_batch_norm_statistics(net, batches)
-    bn = dict(net.named_modules())["1"]  # (indexing a scripted Sequential returns the eager original)
+    bn = dict(net.named_modules())[
+        "1"
+    ]  # (indexing a scripted Sequential returns the eager original)
     assert n == 3 and not bn.training
     mean = torch.stack([f.mean(dim=(0, 2, 3, 4)) for f in feats]).mean(0)
     var = torch.stack([f.var(dim=(0, 2, 3, 4), unbiased=True) for f in feats]).mean(0)

@@ -26,6 +26,10 @@ def test_one_line_per_volume_with_index_name_seconds_and_eta(caplog):
             state.output = [{"pred": MetaTensor(torch.zeros(1), meta={"filename_or_obj": name})}]
             handler(engine)
     lines = [r.getMessage() for r in caplog.records]
-    assert [line.split("  ")[0] for line in lines] == ["[1/3] a.nii.gz", "[2/3] series7", "[3/3] c.nii"]
+    assert [line.split("  ")[0] for line in lines] == [
+        "[1/3] a.nii.gz",
+        "[2/3] series7",
+        "[3/3] c.nii",
+    ]
     assert "ETA" in lines[0] and "ETA" in lines[1] and "ETA" not in lines[2]
     assert handler.line(1, 4, "x", 10.0, 10.0) == "[1/4] x  10.0 s  ETA 30.0 s"

@@ -10,7 +10,9 @@ from grata_monai.sampling import body_patches, windows
 
 def test_body_patches_are_centred_on_the_body_and_seeded(volume):
     def sample():  # threshold 0.3 of the range: above the background (< 0.2), below the blob (> 0.6)
-        return body_patches(volume[0], (8, 8, 8), 6, np.random.RandomState(0), torch.device("cpu"), 0.3)()
+        return body_patches(
+            volume[0], (8, 8, 8), 6, np.random.RandomState(0), torch.device("cpu"), 0.3
+        )()
 
     patches = sample()
     assert patches.shape == (6, 1, 8, 8, 8)
@@ -20,7 +22,9 @@ def test_body_patches_are_centred_on_the_body_and_seeded(volume):
 
 
 def test_blank_volume_samples_anywhere_and_small_volume_is_padded():
-    patches = body_patches(torch.zeros(1, 5, 6, 4), (8, 8, 8), 2, np.random.RandomState(0), torch.device("cpu"))()
+    patches = body_patches(
+        torch.zeros(1, 5, 6, 4), (8, 8, 8), 2, np.random.RandomState(0), torch.device("cpu")
+    )()
     assert patches.shape == (2, 1, 8, 8, 8) and torch.isfinite(patches).all()
 
 

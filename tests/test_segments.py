@@ -18,6 +18,9 @@ def test_segment_labels_are_the_organs_and_coded():
 
 
 def test_metadata_from_an_exported_model_and_a_clear_error(tmp_path):
-    assert bundle_metadata(BUNDLE_DIR / "models" / "model.ts")["version"] == bundle_metadata(BUNDLE_DIR)["version"]
+    assert (
+        bundle_metadata(BUNDLE_DIR / "models" / "model.ts")["version"]
+        == bundle_metadata(BUNDLE_DIR)["version"]
+    )
     with pytest.raises(FileNotFoundError, match="ckpt_export"):
         bundle_metadata(tmp_path)

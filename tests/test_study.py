@@ -12,11 +12,24 @@ from tests.conftest import BUNDLE_DIR, abdomen_dir
 
 @pytest.fixture
 def tiny_tables(monkeypatch):
-    monkeypatch.setattr(study, "BASELINES", {"source": ("source", {}), "norm_stats": ("norm_stats", {}),
-                                             "tent_1x1e-3": ("tent", {"steps": 1, "patches_per_step": 1}),
-                                             "memo_1x1e-3": ("memo", {"steps": 1, "patches_per_step": 1, "n_aug": 1})})
-    monkeypatch.setattr(study, "VARIANTS", {"grata_1x1e-3": ("grata", {"patches_per_step": 1}),
-                                            "grata_auto": ("grata", {"patches_per_step": 1, "norm_stats": "auto"})})
+    monkeypatch.setattr(
+        study,
+        "BASELINES",
+        {
+            "source": ("source", {}),
+            "norm_stats": ("norm_stats", {}),
+            "tent_1x1e-3": ("tent", {"steps": 1, "patches_per_step": 1}),
+            "memo_1x1e-3": ("memo", {"steps": 1, "patches_per_step": 1, "n_aug": 1}),
+        },
+    )
+    monkeypatch.setattr(
+        study,
+        "VARIANTS",
+        {
+            "grata_1x1e-3": ("grata", {"patches_per_step": 1}),
+            "grata_auto": ("grata", {"patches_per_step": 1, "norm_stats": "auto"}),
+        },
+    )
 
 
 def test_study_writes_tables_results_and_chooses_a_grata_variant(tmp_path, tiny_tables):
@@ -33,14 +46,24 @@ def test_study_writes_tables_results_and_chooses_a_grata_variant(tmp_path, tiny_
         assert len(rows["source"][split]["volumes"]) == 1
         assert 0.0 <= rows["norm_stats"][split]["summary"]["dice_mean"] <= 1.0
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["methods"]) >= {"source", "norm_stats", "tent", "memo", "grata", "grata_no_align"}
+    assert set(results["methods"]) >= {
+        "source",
+        "norm_stats",
+        "tent",
+        "memo",
+        "grata",
+        "grata_no_align",
+    }
     assert "| grata_auto |" in (tmp_path / "study.md").read_text()
 
 
 def test_choose_applies_the_rules():
     def row(mr, ct, per_volume):
         vols = [{"dice": [v / 100] * 4} for v in per_volume]
-        return {"mr_test": {"summary": {"dice_mean": mr / 100}, "volumes": vols}, "ct_val": {"summary": {"dice_mean": ct / 100}}}
+        return {
+            "mr_test": {"summary": {"dice_mean": mr / 100}, "volumes": vols},
+            "ct_val": {"summary": {"dice_mean": ct / 100}},
+        }
 
     rows = {
         "source": row(80, 90, [80, 80]),

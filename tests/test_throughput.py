@@ -36,7 +36,9 @@ def tiny_bundle(tmp_path):
     (root / "models").mkdir(parents=True)
     shutil.copytree(BUNDLE_DIR / "configs", root / "configs")
     config = json.loads((root / "configs" / "inference.json").read_text())
-    config["network_def"].update({"out_channels": 3, "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1})
+    config["network_def"].update(
+        {"out_channels": 3, "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
+    )
     config["num_classes"] = 3
     config["roi_size"] = [16, 16, 8]
     (root / "configs" / "inference.json").write_text(json.dumps(config))
@@ -88,7 +90,13 @@ def test_run_throughput_writes_both_methods(tiny_bundle, tmp_path, device_prepro
     root, data = tiny_bundle
     out = tmp_path / "out"
     results = run_throughput(
-        str(data), str(root), str(out), name="tp", repeats=repeats, device="cpu", num_workers=1,
+        str(data),
+        str(root),
+        str(out),
+        name="tp",
+        repeats=repeats,
+        device="cpu",
+        num_workers=1,
         device_preprocessing=device_preprocessing,
     )
     saved = json.loads((out / "tp.json").read_text())
@@ -100,7 +108,11 @@ def test_run_throughput_writes_both_methods(tiny_bundle, tmp_path, device_prepro
         m = saved["methods"][method]
         assert len(m["passes"]) == repeats and m["volumes_per_s"] > 0 and m["peak_memory_mib"] > 0
         assert set(m["stages_s"]) == set(STAGES)
-        assert m["stages_s"]["load"] > 0 and m["stages_s"]["write"] > 0 and m["stages_s"]["preprocess"] > 0
+        assert (
+            m["stages_s"]["load"] > 0
+            and m["stages_s"]["write"] > 0
+            and m["stages_s"]["preprocess"] > 0
+        )
     assert saved["methods"]["plain"]["stages_s"]["adapt"] == 0.0
     assert saved["methods"]["grata"]["stages_s"]["adapt"] > 0.0
     assert saved["grata_over_plain"] == pytest.approx(results["grata_over_plain"])

@@ -22,7 +22,9 @@ def _dataset(n: int = 2):
 
 
 def test_batches_have_the_roi_shape_and_epoch_length():
-    s = GPUPatchSampler(_dataset(), (16, 16, 8), batch_size=4, crops_per_volume=2, epoch_length=3, device="cpu")
+    s = GPUPatchSampler(
+        _dataset(), (16, 16, 8), batch_size=4, crops_per_volume=2, epoch_length=3, device="cpu"
+    )
     batches = list(s)
     assert len(batches) == len(s) == 3
     assert batches[0]["image"].shape == batches[0]["label"].shape == (4, 1, 16, 16, 8)
@@ -33,9 +35,13 @@ def test_axis_aligned_crops_step_one_voxel_per_voxel(axis):
     """Without the affine, a crop of a ramp image is a ramp of slope 1 along the same axis."""
     data = _dataset(1)
     shape = data[0]["image"].shape[1:]
-    ramp = torch.arange(shape[axis], dtype=torch.float32).view([-1 if a == axis else 1 for a in range(3)])
+    ramp = torch.arange(shape[axis], dtype=torch.float32).view(
+        [-1 if a == axis else 1 for a in range(3)]
+    )
     data[0]["image"] = ramp.expand(shape)[None].clone()
-    s = GPUPatchSampler(data, (8, 8, 4), batch_size=4, affine_prob=0.0, pos_fraction=1.0, device="cpu", seed=1)
+    s = GPUPatchSampler(
+        data, (8, 8, 4), batch_size=4, affine_prob=0.0, pos_fraction=1.0, device="cpu", seed=1
+    )
     crops = s.batch()["image"][:, 0]
     steps = crops.diff(dim=1 + axis)
     assert torch.allclose(steps, torch.ones_like(steps), atol=1e-4)
@@ -52,7 +58,9 @@ def test_organ_centred_crops_contain_the_organ():
 def test_affine_keeps_image_and_label_aligned():
     data = _dataset(1)
     data[0]["image"] = data[0]["label"].float()  # image == label: any misalignment shows
-    s = GPUPatchSampler(data, (16, 16, 8), batch_size=4, affine_prob=1.0, pos_fraction=1.0, device="cpu")
+    s = GPUPatchSampler(
+        data, (16, 16, 8), batch_size=4, affine_prob=1.0, pos_fraction=1.0, device="cpu"
+    )
     b = s.batch()
     inside = b["label"] > 0
     assert (b["image"][inside] > 0.5).float().mean() > 0.9
@@ -87,7 +95,9 @@ def test_training_log_records_loss_and_validation(tmp_path):
 
     log = TrainingLog(str(tmp_path / "log.json"), validator, interval=2)
     log.attach(trainer)
-    trainer.add_event_handler(__import__("ignite").engine.Events.EPOCH_COMPLETED, lambda e: validator.run([0]))
+    trainer.add_event_handler(
+        __import__("ignite").engine.Events.EPOCH_COMPLETED, lambda e: validator.run([0])
+    )
     trainer.run([1, 2, 3, 4], max_epochs=1)
     record = json.loads((tmp_path / "log.json").read_text())
     assert record["iterations"] == 4

@@ -18,10 +18,17 @@ ROI = (16, 16, 8)
 
 def test_paper_preset_is_the_papers_recipe():
     s = GraTaInferer(ROI, preset="paper").settings()
-    assert s["preset"] == "paper" and s["steps"] == 1 and s["lr0"] == 1e-4 and s["optimizer"] == "adam"
+    assert (
+        s["preset"] == "paper" and s["steps"] == 1 and s["lr0"] == 1e-4 and s["optimizer"] == "adam"
+    )
     assert s["episodic"] is False and s["guard"] is False and s["adapt_params"] == "norm"
-    assert s["weak_transforms"] == ("flip0", "flip1", "rot90", "rot180", "rot270") and s["strong"] == "paper"
-    assert s["perturb_scale"] == 1.0 and s["align"] and s["dynamic_lr"] and s["norm_stats"] == "volume"
+    assert (
+        s["weak_transforms"] == ("flip0", "flip1", "rot90", "rot180", "rot270")
+        and s["strong"] == "paper"
+    )
+    assert (
+        s["perturb_scale"] == 1.0 and s["align"] and s["dynamic_lr"] and s["norm_stats"] == "volume"
+    )
 
 
 def test_a_preset_refuses_settings_it_fixes():
@@ -29,9 +36,13 @@ def test_a_preset_refuses_settings_it_fixes():
         GraTaInferer(ROI, preset="paper", lr0=1e-3)
     with pytest.raises(ValueError, match="Unknown preset"):
         GraTaInferer(ROI, preset="mine")
-    with pytest.raises(ValueError, match="fixes \\['episodic'\\]"):  # even when it equals the library default
+    with pytest.raises(
+        ValueError, match="fixes \\['episodic'\\]"
+    ):  # even when it equals the library default
         GraTaInferer(ROI, preset="paper", episodic=defaults.EPISODIC)
-    assert GraTaInferer(ROI, preset="paper", patches_per_step=2).patches_per_step == 2  # not fixed by the preset
+    assert (
+        GraTaInferer(ROI, preset="paper", patches_per_step=2).patches_per_step == 2
+    )  # not fixed by the preset
 
 
 def test_auto_statistics_need_a_reference():
@@ -64,7 +75,9 @@ def test_parameter_scopes():
     every = configure_model(tiny_unet(), "all")
     assert len(every) == len(list(tiny_unet().parameters()))
     adapted = {id(p) for p in norm}
-    assert head_params(net) and all(not p.requires_grad for p in head_params(net) if id(p) not in adapted)
+    assert head_params(net) and all(
+        not p.requires_grad for p in head_params(net) if id(p) not in adapted
+    )
     with pytest.raises(ValueError, match="Unknown parameter scope"):
         configure_model(tiny_unet(), "decoder")
 
@@ -79,7 +92,10 @@ def test_sharpen_keeps_the_argmax_and_sums_to_one():
 
 def test_invariant_strong_view_is_seeded_and_in_range():
     x = torch.rand(2, 1, 16, 16, 8)
-    a, b = ConsistencyLoss(strong="invariant", prob=1.0), ConsistencyLoss(strong="invariant", prob=1.0)
+    a, b = (
+        ConsistencyLoss(strong="invariant", prob=1.0),
+        ConsistencyLoss(strong="invariant", prob=1.0),
+    )
     a.set_random_state(np.random.RandomState(3))
     b.set_random_state(np.random.RandomState(3))
     va, vb = a.strong(x), b.strong(x)
@@ -92,8 +108,15 @@ def test_invariant_strong_view_is_seeded_and_in_range():
 
 def test_grata_runs_with_every_option(volume):
     net = tiny_unet()
-    inferer = GraTaInferer(ROI, steps=2, patches_per_step=2, strong="invariant", temperature=0.5,
-                           adapt_params="norm+head", amp=False)
+    inferer = GraTaInferer(
+        ROI,
+        steps=2,
+        patches_per_step=2,
+        strong="invariant",
+        temperature=0.5,
+        adapt_params="norm+head",
+        amp=False,
+    )
     with torch.no_grad():
         out = inferer(volume, net)
     assert out.shape == (1, 3, *volume.shape[2:]) and torch.isfinite(out).all()

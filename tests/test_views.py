@@ -22,7 +22,9 @@ def test_strong_augmentation_range_device_and_seed():
     aug.set_random_state(seed=3)
     y = torch.as_tensor(aug(x))
     assert y.shape == x.shape and y.device == x.device
-    assert y.min().item() == pytest.approx(0.0, abs=1e-6) and y.max().item() == pytest.approx(1.0, abs=1e-6)
+    assert y.min().item() == pytest.approx(0.0, abs=1e-6) and y.max().item() == pytest.approx(
+        1.0, abs=1e-6
+    )
     assert not torch.allclose(y, x)
     aug.set_random_state(seed=3)
     assert torch.equal(torch.as_tensor(aug(x)), y)

@@ -31,13 +31,22 @@ VARIANTS = {
     "cpu": defaults.DEVICE_SETTINGS["cpu"],
     "cpu_roi_patch": {**defaults.DEVICE_SETTINGS["cpu"], "patch_size": None},
     "cpu_roi_patch_2_windows_no_guard": {
-        **defaults.DEVICE_SETTINGS["cpu"], "patch_size": None, "guard": False, "settle_windows": 2
+        **defaults.DEVICE_SETTINGS["cpu"],
+        "patch_size": None,
+        "guard": False,
+        "settle_windows": 2,
     },
     "gpu": defaults.DEVICE_SETTINGS["cuda"],
 }
 
 
-def main(data_dir: str, bundle_dir: str, out: str, device: str = "cpu", variants: str = ",".join(VARIANTS)) -> None:
+def main(
+    data_dir: str,
+    bundle_dir: str,
+    out: str,
+    device: str = "cpu",
+    variants: str = ",".join(VARIANTS),
+) -> None:
     key = "mr_test"
     device = torch.device(device)
     unknown = set(variants.split(",")) - set(VARIANTS)
@@ -45,7 +54,12 @@ def main(data_dir: str, bundle_dir: str, out: str, device: str = "cpu", variants
         raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {sorted(VARIANTS)}.")
     network, preprocessing, _ = load_bundle(bundle_dir, device)
     volumes = prepare(data_dir, key, preprocessing)
-    results = {"device": device_name(device), "git_revision": _git_revision(), "key": key, "variants": {}}
+    results = {
+        "device": device_name(device),
+        "git_revision": _git_revision(),
+        "key": key,
+        "variants": {},
+    }
     if Path(out).is_file():  # variants measured before (another call, the same device) are kept
         results["variants"] = json.loads(Path(out).read_text())["variants"]
     for name in variants.split(","):
@@ -57,7 +71,11 @@ def main(data_dir: str, bundle_dir: str, out: str, device: str = "cpu", variants
             parser[f"inferer#{k}"] = list(v) if isinstance(v, tuple) else v
         settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
         rows = evaluate(parser.get_parsed_content("inferer"), network, volumes, device)
-        results["variants"][name] = {"settings": settings, "summary": summarize(rows), "volumes": rows}
+        results["variants"][name] = {
+            "settings": settings,
+            "summary": summarize(rows),
+            "volumes": rows,
+        }
         print(name, json.dumps(results["variants"][name]["summary"]), flush=True)
         Path(out).write_text(json.dumps(results, indent=1) + "\n")
 

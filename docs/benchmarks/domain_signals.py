@@ -43,15 +43,22 @@ def main(data_dir: str, bundle_dir: str, out: str) -> None:
             row = {"histogram": histogram_distance(image, reference)}
             with torch.no_grad():
                 settle_batch_norm_statistics(own, windows(image[0], defaults.ROI_SIZE, device))
-                shifts = [((m.running_mean - s.running_mean).abs() / (s.running_var + s.eps).sqrt()).mean()
-                          for m, s in zip(batch_norm_layers(own), batch_norm_layers(network))]
+                shifts = [
+                    (
+                        (m.running_mean - s.running_mean).abs() / (s.running_var + s.eps).sqrt()
+                    ).mean()
+                    for m, s in zip(batch_norm_layers(own), batch_norm_layers(network))
+                ]
                 row["bn_shift"] = float(torch.stack(shifts).mean())
                 body = image > defaults.BODY_FLOOR
                 for name, net in (("source", network), ("volume", own)):
                     p = torch.softmax(sliding(image, net).float(), 1)
-                    row[f"entropy_{name}"] = float((-(p * torch.log(p + 1e-6)).sum(1, keepdim=True))[body].mean())
-                    dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)(
-                        one_hot(p.argmax(1, keepdim=True), p.shape[1]), one_hot(label, p.shape[1]))[0]
+                    row[f"entropy_{name}"] = float(
+                        (-(p * torch.log(p + 1e-6)).sum(1, keepdim=True))[body].mean()
+                    )
+                    dice = DiceMetric(
+                        include_background=False, reduction="none", ignore_empty=True
+                    )(one_hot(p.argmax(1, keepdim=True), p.shape[1]), one_hot(label, p.shape[1]))[0]
                     row[f"dice_{name}"] = float(dice.nanmean())
             rows[f"{split}/{vol['name']}"] = row
             print(vol["name"], {k: round(v, 4) for k, v in row.items()}, flush=True)

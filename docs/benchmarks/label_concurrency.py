@@ -47,7 +47,9 @@ def main() -> None:
     config_path.write_text(json.dumps(config))
     studies = tmp / "studies"
     studies.mkdir()
-    (studies / "mr_01_image.nii.gz").write_bytes((ROOT / "bundle" / "sample" / "mr_01_image.nii.gz").read_bytes())
+    (studies / "mr_01_image.nii.gz").write_bytes(
+        (ROOT / "bundle" / "sample" / "mr_01_image.nii.gz").read_bytes()
+    )
 
     from monailabel.config import settings
 
@@ -67,8 +69,11 @@ def main() -> None:
                 break
         except requests.ConnectionError:
             time.sleep(1)
-    requests.post(f"{url}/infer/grata_abdomen?image=mr_01_image&output=json", data={"params": '{"device": "cpu"}'},
-                  timeout=600).raise_for_status()  # warm-up: the network is loaded, caches filled
+    requests.post(
+        f"{url}/infer/grata_abdomen?image=mr_01_image&output=json",
+        data={"params": '{"device": "cpu"}'},
+        timeout=600,
+    ).raise_for_status()  # warm-up: the network is loaded, caches filled
 
     results: dict[str, float] = {}
 
@@ -77,9 +82,14 @@ def main() -> None:
         call().raise_for_status()
         results[name] = round(time.perf_counter() - start, 2)
 
-    infer = lambda: requests.post(f"{url}/infer/grata_abdomen?image=mr_01_image&output=json",  # noqa: E731
-                                  data={"params": '{"device": "cpu"}'}, timeout=600)
-    threads = [threading.Thread(target=timed, args=(f"infer_{i}", infer)) for i in range(args.clients)]
+    infer = lambda: requests.post(  # noqa: E731
+        f"{url}/infer/grata_abdomen?image=mr_01_image&output=json",
+        data={"params": '{"device": "cpu"}'},
+        timeout=600,
+    )
+    threads = [
+        threading.Thread(target=timed, args=(f"infer_{i}", infer)) for i in range(args.clients)
+    ]
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -89,9 +99,17 @@ def main() -> None:
         t.join()
     total = round(time.perf_counter() - start, 2)
     uv.should_exit = True
-    record = {"route": "MONAI Label's async infer route" if args.stock else "grata_monai.label.app (worker threads)",
-              "clients": args.clients, "seconds": results, "all_done_seconds": total, "settings": SMALL,
-              "cpu_count": os.cpu_count(), "machine": platform.platform()}
+    record = {
+        "route": "MONAI Label's async infer route"
+        if args.stock
+        else "grata_monai.label.app (worker threads)",
+        "clients": args.clients,
+        "seconds": results,
+        "all_done_seconds": total,
+        "settings": SMALL,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.platform(),
+    }
     Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record))
 

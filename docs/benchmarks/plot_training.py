@@ -1,6 +1,6 @@
 """Loss and ct_val Dice curves of the training runs in docs/benchmarks/training/ (TrainingLog JSON).
 
-    python docs/benchmarks/plot_training.py docs/benchmarks/training docs/benchmarks/training.png
+python docs/benchmarks/plot_training.py docs/benchmarks/training docs/benchmarks/training.png
 """
 
 from __future__ import annotations
@@ -26,9 +26,16 @@ def main(folder: str, out: str) -> None:
     for name, label in RUNS.items():
         log = json.loads((Path(folder) / f"{name}.json").read_text())
         loss_ax.plot([r[1] for r in log["loss"]], [r[2] for r in log["loss"]], label=label, lw=0.8)
-        dice_ax.plot([r[1] for r in log["val"]], [100 * r[2] for r in log["val"]], "o-", label=label)
+        dice_ax.plot(
+            [r[1] for r in log["val"]], [100 * r[2] for r in log["val"]], "o-", label=label
+        )
     loss_ax.set(xlabel="seconds", ylabel="training loss (Dice + CE)", yscale="log", title="loss")
-    dice_ax.set(xlabel="seconds", ylabel="val mean Dice (x100)", title="validation Dice (ct_val)", ylim=(0, 100))
+    dice_ax.set(
+        xlabel="seconds",
+        ylabel="val mean Dice (x100)",
+        title="validation Dice (ct_val)",
+        ylim=(0, 100),
+    )
     dice_ax.axhline(88, color="grey", ls="--", lw=0.8)
     for ax in (loss_ax, dice_ax):
         ax.legend(fontsize=8)

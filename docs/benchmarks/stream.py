@@ -18,9 +18,19 @@ configs = bundle / "configs"
 data, key, out = sys.argv[1:4]
 repeat = int(sys.argv[4]) if len(sys.argv) > 4 else 4
 files = [str(configs / f) for f in ("inference.json", "evaluate.json", "multi_gpu_evaluate.json")]
-stream = f"$monai.data.load_decathlon_datalist(@datalist_file, data_list_key=@data_list_key, base_dir=@dataset_dir) * {repeat}"
+stream = (
+    "$monai.data.load_decathlon_datalist(@datalist_file, data_list_key=@data_list_key, base_dir=@dataset_dir)"
+    f" * {repeat}"
+)
 wf = ConfigWorkflow(
-    files, workflow_type="infer", bundle_root=str(bundle), dataset_dir=data, data_list_key=key, output_dir=out, datalist=stream, run_id="run"
+    files,
+    workflow_type="infer",
+    bundle_root=str(bundle),
+    dataset_dir=data,
+    data_list_key=key,
+    output_dir=out,
+    datalist=stream,
+    run_id="run",
 )
 wf.initialize()
 n = len(wf.parser.get_parsed_content("datalist"))
@@ -31,6 +41,12 @@ dist.barrier()
 seconds = time.perf_counter() - start
 if dist.get_rank() == 0:
     metrics = (Path(out) / "metrics.csv").read_text().strip()
-    result = {"ranks": dist.get_world_size(), "volumes": n, "seconds": seconds, "volumes_per_s": n / seconds, "metrics": metrics}
+    result = {
+        "ranks": dist.get_world_size(),
+        "volumes": n,
+        "seconds": seconds,
+        "volumes_per_s": n / seconds,
+        "metrics": metrics,
+    }
     print("RESULT", json.dumps(result))
 wf.finalize()

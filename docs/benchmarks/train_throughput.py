@@ -30,12 +30,16 @@ def _trainer(config: str, dataset_dir: str, ckpt_dir: str):
     parser.read_config(config)
     parser["dataset_dir"] = dataset_dir
     parser["ckpt_dir"] = ckpt_dir
-    parser["train#handlers"] = []  # no validation, checkpoints or schedules: the training step alone
+    parser[
+        "train#handlers"
+    ] = []  # no validation, checkpoints or schedules: the training step alone
     parser.get_parsed_content("initialize")
     return parser.get_parsed_content("train#trainer")
 
 
-def measure(config: str, dataset_dir: str, warmup: int = 20, iterations: int = 100, profile: int = 5) -> dict:
+def measure(
+    config: str, dataset_dir: str, warmup: int = 20, iterations: int = 100, profile: int = 5
+) -> dict:
     """Iterations/s of ``config``'s trainer after ``warmup`` iterations, and a profile table."""
     trainer = _trainer(config, dataset_dir, "/tmp/train_throughput")
     marks: dict = {}
@@ -58,7 +62,10 @@ def measure(config: str, dataset_dir: str, warmup: int = 20, iterations: int = 1
     activities = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities, schedule=torch.profiler.schedule(wait=warmup + iterations, warmup=0, active=profile)) as prof:
+    with torch.profiler.profile(
+        activities=activities,
+        schedule=torch.profiler.schedule(wait=warmup + iterations, warmup=0, active=profile),
+    ) as prof:
         trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: prof.step())
         trainer.run()
     seconds = marks["end"] - marks["start"]
@@ -82,7 +89,10 @@ def main(configs: str, dataset_dir: str, out: str, warmup: int = 20, iterations:
         r = measure(path, dataset_dir, warmup, iterations)
         Path(out).with_name(f"profile_train_{name}.txt").write_text(r.pop("profile"))
         results["configs"][name] = {"config": path, **r}
-        print(f"{name}: {r['iterations_per_s']:.2f} it/s ({r['crops_per_iteration']} crops/iteration)", flush=True)
+        print(
+            f"{name}: {r['iterations_per_s']:.2f} it/s ({r['crops_per_iteration']} crops/iteration)",
+            flush=True,
+        )
     names = list(results["configs"])
     if len(names) == 2:
         a, b = (results["configs"][n]["iterations_per_s"] for n in names)

@@ -5,7 +5,8 @@ method (source-only, norm statistics, TENT, MEMO, GraTa and its ablations) segme
 volume in order (continual methods see the stream in that order). Dice per organ is measured
 with MONAI's ``DiceMetric`` on the preprocessed grid; time and peak GPU memory are measured
 per volume, with a warm-up pass first. The same pieces give the study that chose the defaults
-(:mod:`~grata_monai.bench.study`), the source model's own Dice (:func:`run_source`) and organ volumes on unlabelled data.
+(:mod:`~grata_monai.bench.study`), the source model's own Dice (:func:`run_source`) and organ volumes on
+unlabelled data.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ __all__ = [
 ]
 
 
-def evaluate(inferer: Inferer, network: torch.nn.Module, volumes: list[dict], device: torch.device) -> list[dict]:
+def evaluate(
+    inferer: Inferer, network: torch.nn.Module, volumes: list[dict], device: torch.device
+) -> list[dict]:
     """Segment each volume; return per-volume Dice per class, times and peak GPU memory."""
     num_classes = None
     rows = []
@@ -80,7 +83,9 @@ def evaluate(inferer: Inferer, network: torch.nn.Module, volumes: list[dict], de
                 "adapt_s": report.get("adapt_seconds", 0.0),
                 "infer_s": seconds,
                 "end_to_end_s": seconds + vol["preprocess_s"],
-                "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+                "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20
+                if device.type == "cuda"
+                else None,
                 "guard": report.get("guard"),
             }
         )
@@ -169,7 +174,11 @@ def run_benchmark(
             inferer.reset()
         rows = evaluate(inferer, network, volumes, dev)
         recorded = inferer.settings() if hasattr(inferer, "settings") else {"method": "source"}
-        results["methods"][method] = {"summary": summarize(rows), "settings": recorded, "volumes": rows}
+        results["methods"][method] = {
+            "summary": summarize(rows),
+            "settings": recorded,
+            "volumes": rows,
+        }
     write_json(out, results)
     return results
 
@@ -199,18 +208,36 @@ def run_source(
     data_dir = paths.data_dir(data_dir)
     dev = pick_device(device)
     network, preprocessing, bundle = load_bundle(paths.bundle_dir(bundle_dir), dev, ckpt)
-    running = make_inferer("source", {"roi_size": bundle["roi_size"], "sw_batch_size": sw_batch_size})
-    per_volume = make_inferer("norm_stats", {"roi_size": bundle["roi_size"], "sw_batch_size": sw_batch_size,
-                                              "amp": amp})
-    results: dict = {"ckpt": str(ckpt or "bundle"), "device": device_name(dev), "git_revision": git_revision()}
+    running = make_inferer(
+        "source", {"roi_size": bundle["roi_size"], "sw_batch_size": sw_batch_size}
+    )
+    per_volume = make_inferer(
+        "norm_stats", {"roi_size": bundle["roi_size"], "sw_batch_size": sw_batch_size, "amp": amp}
+    )
+    results: dict = {
+        "ckpt": str(ckpt or "bundle"),
+        "device": device_name(dev),
+        "git_revision": git_revision(),
+    }
     for split in names(splits):
         volumes = prepare(data_dir, split, preprocessing, limit)
-        rows = {"running": evaluate(running, network, volumes, dev), "per_volume": evaluate(per_volume, network, volumes, dev)}
+        rows = {
+            "running": evaluate(running, network, volumes, dev),
+            "per_volume": evaluate(per_volume, network, volumes, dev),
+        }
         results[split] = {mode: {"summary": summarize(r), "volumes": r} for mode, r in rows.items()}
-        print(f"\n{split} ({len(volumes)} volumes)\n| statistics | mean | " + " | ".join(defaults.ORGANS) + " |")
+        print(
+            f"\n{split} ({len(volumes)} volumes)\n| statistics | mean | "
+            + " | ".join(defaults.ORGANS)
+            + " |"
+        )
         for mode, entry in results[split].items():
             s = entry["summary"]
-            print(f"| {mode} | {100 * s['dice_mean']:.1f} | " + " | ".join(f"{100 * d:.1f}" for d in s["dice_per_class"]) + " |")
+            print(
+                f"| {mode} | {100 * s['dice_mean']:.1f} | "
+                + " | ".join(f"{100 * d:.1f}" for d in s["dice_per_class"])
+                + " |"
+            )
     write_json(out, results)
     return results
 
@@ -240,7 +267,12 @@ def run_volumes(
     parser = bundle_config(bundle_dir)
     preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
     labels = parser.get_parsed_content("num_classes")
-    result = {"device": device_name(dev), "git_revision": git_revision(), "dataset_dir": str(dataset_dir), "volumes": {}}
+    result = {
+        "device": device_name(dev),
+        "git_revision": git_revision(),
+        "dataset_dir": str(dataset_dir),
+        "volumes": {},
+    }
     for item in list_volumes(dataset_dir):
         image = preprocessing(dict(item))["image"]
         voxel_ml = float(torch.prod(torch.as_tensor(image.pixdim[:3]))) / 1000.0
@@ -248,13 +280,18 @@ def run_volumes(
         for method in tqdm(methods, desc=Path(item["image"]).name):
             bundled = method == "bundle"
             settings = {"roi_size": bundle["roi_size"], "amp": amp}
-            inferer = parser.get_parsed_content("inferer") if bundled else make_inferer(method, settings)
+            inferer = (
+                parser.get_parsed_content("inferer") if bundled else make_inferer(method, settings)
+            )
             start = time.perf_counter()
             with torch.no_grad():
                 logits = inferer(torch.as_tensor(image)[None].to(dev), network)
                 pred = logits.argmax(1)
             counts = torch.bincount(pred.flatten(), minlength=labels).cpu()
-            rows[method] = {"organ_ml": [float(c) * voxel_ml for c in counts[1:]], "seconds": time.perf_counter() - start}
+            rows[method] = {
+                "organ_ml": [float(c) * voxel_ml for c in counts[1:]],
+                "seconds": time.perf_counter() - start,
+            }
             report = (reports_of(logits) or [{}])[0]
             rows[method]["volume_statistics_weight"] = report.get("volume_statistics_weight")
             rows[method]["domain_distance"] = report.get("domain_distance")
@@ -263,7 +300,12 @@ def run_volumes(
     return result
 
 
-def run_reference(data_dir: str | None = None, key: str = "ct_train", bundle_dir: str | None = None, out: str | None = None) -> dict:
+def run_reference(
+    data_dir: str | None = None,
+    key: str = "ct_train",
+    bundle_dir: str | None = None,
+    out: str | None = None,
+) -> dict:
     """What the bundle's inference needs to know of its source training data, after the bundle's
     preprocessing: the intensity histogram (``grata_monai.domain``, for ``norm_stats="auto"``) and the
     organ layout (``grata_monai.postprocess``, for the post-processing). Written to ``out`` (JSON) and

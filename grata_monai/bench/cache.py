@@ -89,7 +89,9 @@ def build_cache(
     if out_list.exists() and not overwrite:
         raise FileExistsError(f"cache '{out_list}' exists: pass --overwrite true to rebuild it.")
     if not Path(config_file).is_file():
-        raise FileNotFoundError(f"bundle config '{config_file}' not found: pass --config_file <bundle>/configs/train.json.")
+        raise FileNotFoundError(
+            f"bundle config '{config_file}' not found: pass --config_file <bundle>/configs/train.json."
+        )
     with open(data_dir_p / datalist) as f:
         spec = json.load(f)
     parser = read_config(config_file, dataset_dir=str(data_dir_p))
@@ -101,10 +103,14 @@ def build_cache(
         if isinstance(entries, list):
             out_spec[split] = entries
             for i, e in enumerate(entries):
-                items.append({k: str(data_dir_p / v) for k, v in e.items() if k in ("image", "label")})
+                items.append(
+                    {k: str(data_dir_p / v) for k, v in e.items() if k in ("image", "label")}
+                )
                 index.append((split, i))
-    loader = DataLoader(Dataset(items, transform), batch_size=None, num_workers=num_workers, collate_fn=_identity)
-    for (split, i), (item, out) in zip(index, zip(items, loader)):
+    loader = DataLoader(
+        Dataset(items, transform), batch_size=None, num_workers=num_workers, collate_fn=_identity
+    )
+    for (split, i), out in zip(index, loader):
         rel = spec[split][i]
         if split in crop_splits and "label" in out:
             z = torch.nonzero(out["label"].reshape(-1, out["label"].shape[-1]).any(0)).flatten()

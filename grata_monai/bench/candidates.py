@@ -24,7 +24,14 @@ from monai.inferers import SlidingWindowInferer
 from grata_monai import defaults
 from grata_monai.audit import VolumeReport
 from grata_monai.bench import paths
-from grata_monai.bench.common import device_name, git_revision, load_bundle, names, pick_device, prepare
+from grata_monai.bench.common import (
+    device_name,
+    git_revision,
+    load_bundle,
+    names,
+    pick_device,
+    prepare,
+)
 from grata_monai.domain import histogram_distance
 from grata_monai.inferer import GraTaInferer
 from grata_monai.norms import (
@@ -65,8 +72,11 @@ def score_candidate(args: tuple) -> dict:
     lay, lay_s = keep_organ_components(torch.as_tensor(pred)[None], affine, layout)
     lay = lay[0].numpy()
     return {
-        "dice": {"raw": _dice(pred, label, organs), "lcc": _dice(lcc[0].numpy(), label, organs),
-                 "layout": _dice(lay, label, organs)},
+        "dice": {
+            "raw": _dice(pred, label, organs),
+            "lcc": _dice(lcc[0].numpy(), label, organs),
+            "layout": _dice(lay, label, organs),
+        },
         "removed_fraction": {"lcc": lcc_s["removed_fraction"], "layout": lay_s["removed_fraction"]},
         "layout_changed": lay_s["layout_changed"],
         "entropy_fg": float(entropy[fg].mean()) if fg.any() else 0.0,
@@ -78,7 +88,12 @@ def score_candidate(args: tuple) -> dict:
 def _stat_shift(network: torch.nn.Module, source: torch.nn.Module) -> float:
     """Mean over BatchNorm layers of |own mean - source mean| / source std (a domain-shift signal)."""
     shifts = [
-        float(((m.running_mean - s.running_mean.to(m.running_mean)).abs() / (s.running_var.to(m.running_var) + 1e-5).sqrt()).mean())
+        float(
+            (
+                (m.running_mean - s.running_mean.to(m.running_mean)).abs()
+                / (s.running_var.to(m.running_var) + 1e-5).sqrt()
+            ).mean()
+        )
         for m, s in zip(batch_norm_layers(network), batch_norm_layers(source))
     ]
     return float(np.mean(shifts))
@@ -86,11 +101,21 @@ def _stat_shift(network: torch.nn.Module, source: torch.nn.Module) -> float:
 
 @torch.no_grad()
 def _probabilities(network, sliding, image) -> np.ndarray:
-    return (torch.softmax(sliding(image, network).float(), 1)[0] * 255).round().to(torch.uint8).cpu().numpy()
+    return (
+        (torch.softmax(sliding(image, network).float(), 1)[0] * 255)
+        .round()
+        .to(torch.uint8)
+        .cpu()
+        .numpy()
+    )
 
 
 def volume_candidates(
-    source: torch.nn.Module, image: torch.Tensor, adapt: bool, device: torch.device, reference: list[float]
+    source: torch.nn.Module,
+    image: torch.Tensor,
+    adapt: bool,
+    device: torch.device,
+    reference: list[float],
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Probabilities (uint8, C x spatial) of every candidate for one preprocessed ``image`` (1, 1, *spatial),
     after one GraTa step (``adapt``) or none, and the volume's label-free signals."""
@@ -106,8 +131,12 @@ def volume_candidates(
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         settle_batch_norm_statistics(network, windows(volume, defaults.ROI_SIZE, device))
         own = batch_norm_statistics(network)
-        signals = {"stat_shift": _stat_shift(network, source), "histogram_distance": histogram_distance(volume, reference),
-                   "guard": report.guard, "cosine": [s["cosine"] for s in report.steps]}
+        signals = {
+            "stat_shift": _stat_shift(network, source),
+            "histogram_distance": histogram_distance(volume, reference),
+            "guard": report.guard,
+            "cosine": [s["cosine"] for s in report.steps],
+        }
         probs = {}
         for alpha in ALPHAS:
             load_batch_norm_statistics(network, own)
@@ -156,9 +185,18 @@ def run_candidates(
     ref = json.loads(Path(reference).read_text()) if reference else parser.get()
     lay = OrganLayout.from_dict(ref["organ_layout"])
     data = paths.data_dir(data_dir)
-    table = {"device": device_name(dev), "git_revision": git_revision(), "ckpt": str(ckpt or "bundle"),
-             "command": " ".join(sys.argv), "alphas": list(ALPHAS), "ensemble": list(ENSEMBLE), "volumes": {}}
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))  # no fork after CUDA/OpenMP
+    table = {
+        "device": device_name(dev),
+        "git_revision": git_revision(),
+        "ckpt": str(ckpt or "bundle"),
+        "command": " ".join(sys.argv),
+        "alphas": list(ALPHAS),
+        "ensemble": list(ENSEMBLE),
+        "volumes": {},
+    }
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn")
+    )  # no fork after CUDA/OpenMP
     for split in names(splits):
         for vol in prepare(data, split, preprocessing, limit):
             image, label = vol["image"].to(dev), vol["label"][0, 0].numpy().astype(np.uint8)
@@ -166,12 +204,26 @@ def run_candidates(
             voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
             entry = {"split": split}
             for adapt in (True, False) if split in names(no_adapt_splits) else (True,):
-                probs, signals = volume_candidates(network, image, adapt, dev, ref["reference_histogram"])
+                probs, signals = volume_candidates(
+                    network, image, adapt, dev, ref["reference_histogram"]
+                )
                 keys = list(probs)
-                scores = pool.map(score_candidate, [(probs[k], label, affine, lay, voxel_ml) for k in keys])
-                entry["grata" if adapt else "no_step"] = {"signals": signals, "candidates": dict(zip(keys, scores))}
+                scores = pool.map(
+                    score_candidate, [(probs[k], label, affine, lay, voxel_ml) for k in keys]
+                )
+                entry["grata" if adapt else "no_step"] = {
+                    "signals": signals,
+                    "candidates": dict(zip(keys, scores)),
+                }
             table["volumes"][vol["name"]] = entry
             Path(out).write_text(json.dumps(table, indent=1, default=float))  # after every volume
-            print(vol["name"], {k: round(100 * float(np.nanmean(c["dice"]["layout"])), 1) for k, c in entry["grata"]["candidates"].items()}, flush=True)
+            print(
+                vol["name"],
+                {
+                    k: round(100 * float(np.nanmean(c["dice"]["layout"])), 1)
+                    for k, c in entry["grata"]["candidates"].items()
+                },
+                flush=True,
+            )
     pool.shutdown()
     return table

@@ -52,15 +52,21 @@ def load_bundle(
     preprocessing (``validate#preprocessing`` of ``train.json``) and settings."""
     parser = bundle_config(bundle_dir, "train.json")
     network = parser.get_parsed_content("network_def", instantiate=True)
-    state = torch.load(ckpt or Path(bundle_dir) / "models" / "model.pt", map_location="cpu", weights_only=True)
+    state = torch.load(
+        ckpt or Path(bundle_dir) / "models" / "model.pt", map_location="cpu", weights_only=True
+    )
     network.load_state_dict(state.get("model", state))
     preprocessing = parser.get_parsed_content("validate#preprocessing", instantiate=True)
     return network.to(device).eval(), preprocessing, {"roi_size": list(parser["roi_size"])}
 
 
-def prepare(data_dir: str | Path, key: str, preprocessing: Any, limit: int | None = None) -> list[dict]:
+def prepare(
+    data_dir: str | Path, key: str, preprocessing: Any, limit: int | None = None
+) -> list[dict]:
     """Load and preprocess the ``key`` split of ``data_dir/datalist.json`` (image, label, name, seconds)."""
-    items = load_decathlon_datalist(str(Path(data_dir) / "datalist.json"), True, key, base_dir=str(data_dir))
+    items = load_decathlon_datalist(
+        str(Path(data_dir) / "datalist.json"), True, key, base_dir=str(data_dir)
+    )
     volumes = []
     for item in tqdm(items[:limit], desc=f"load {key}", leave=False):
         start = time.perf_counter()
@@ -87,7 +93,11 @@ def pick_device(device: str | None) -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'cpu'})"
+    return (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or 'cpu'})"
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -102,7 +112,9 @@ def git_revision() -> str:
         return os.environ["GRATA_GIT_REVISION"]
     try:
         here = Path(__file__).parent
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True)
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True
+        )
         return result.stdout.strip() or "unknown"
     except OSError:
         return "unknown"

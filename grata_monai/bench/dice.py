@@ -41,7 +41,9 @@ def file_dice(pred: str, label: str, organs: tuple[str, ...] = defaults.ORGANS) 
         )
     n = len(organs) + 1
     p, t = (one_hot(torch.as_tensor(x).round().long()[None], n) for x in (p, t))
-    dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)(p, t)[0].tolist()
+    dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)(p, t)[
+        0
+    ].tolist()
     result = dict(zip(organs, dice))
     return {**result, "mean": float(np.nanmean(dice))}
 

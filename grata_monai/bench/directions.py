@@ -39,10 +39,18 @@ RULES: dict[str, Callable[[Mapping], str]] = {
     "half": lambda e: "0.5",
     "own": lambda e: "1",
     "ensemble": lambda e: "ensemble",
-    "histogram (auto)": lambda e: _nearest(volume_weight(e["signals"]["histogram_distance"], defaults.BLEND_RANGE)),
-    "entropy of 0/0.5/1 (bundle)": lambda e: min(THREE, key=lambda a: e["candidates"][a]["entropy_fg"]),
-    "entropy of 5 blends": lambda e: min(("0", "0.25", "0.5", "0.75", "1"), key=lambda a: e["candidates"][a]["entropy_fg"]),
-    "least removed by post-processing": lambda e: min(THREE, key=lambda a: e["candidates"][a]["removed_fraction"]["layout"]),
+    "histogram (auto)": lambda e: _nearest(
+        volume_weight(e["signals"]["histogram_distance"], defaults.BLEND_RANGE)
+    ),
+    "entropy of 0/0.5/1 (bundle)": lambda e: min(
+        THREE, key=lambda a: e["candidates"][a]["entropy_fg"]
+    ),
+    "entropy of 5 blends": lambda e: min(
+        ("0", "0.25", "0.5", "0.75", "1"), key=lambda a: e["candidates"][a]["entropy_fg"]
+    ),
+    "least removed by post-processing": lambda e: min(
+        THREE, key=lambda a: e["candidates"][a]["removed_fraction"]["layout"]
+    ),
 }
 DEFAULT_RULE = "entropy of 0/0.5/1 (bundle)"
 
@@ -62,19 +70,32 @@ def summarize_set(volumes: Mapping[str, Mapping], episode: str = "grata") -> dic
     entries = [v[episode] for v in volumes.values() if episode in v]
     out = {"volumes": len(entries), "mean": {}, "worst_vs_better_of_source_own": {}}
     for rule in RULES:
-        out["mean"][rule] = {pp: float(np.mean([rule_dice(e, rule, pp) for e in entries])) for pp in PP}
+        out["mean"][rule] = {
+            pp: float(np.mean([rule_dice(e, rule, pp) for e in entries])) for pp in PP
+        }
         gaps = [
-            (rule_dice(e, rule, "layout") - max(_mean(e["candidates"]["0"], "layout"), _mean(e["candidates"]["1"], "layout")), n)
+            (
+                rule_dice(e, rule, "layout")
+                - max(_mean(e["candidates"]["0"], "layout"), _mean(e["candidates"]["1"], "layout")),
+                n,
+            )
             for n, e in zip(volumes, entries)
         ]
         worst = min(gaps)
-        out["worst_vs_better_of_source_own"][rule] = {"delta": worst[0], "volume": worst[1],
-                                                      "below_1": sum(g < -1.0 for g, _ in gaps)}
-    out["mean"]["per-volume best of source/half/own"] = {pp: float(np.mean([_best(e, pp) for e in entries])) for pp in PP}
+        out["worst_vs_better_of_source_own"][rule] = {
+            "delta": worst[0],
+            "volume": worst[1],
+            "below_1": sum(g < -1.0 for g, _ in gaps),
+        }
+    out["mean"]["per-volume best of source/half/own"] = {
+        pp: float(np.mean([_best(e, pp) for e in entries])) for pp in PP
+    }
     return out
 
 
-CALIBRATED = ("histogram (auto)",)  # thresholds fitted to one source model's data: not a candidate for any model
+CALIBRATED = (
+    "histogram (auto)",
+)  # thresholds fitted to one source model's data: not a candidate for any model
 
 
 def choose_rule(tuning: Mapping[str, dict], sets: tuple[str, ...]) -> str:
@@ -94,7 +115,9 @@ def _load(files: list[str | Path]) -> dict:
     return {"meta": meta, "volumes": volumes}
 
 
-def write_directions(ct_model: str, mr_models: str | tuple, out_dir: str = "docs/benchmarks") -> dict:
+def write_directions(
+    ct_model: str, mr_models: str | tuple, out_dir: str = "docs/benchmarks"
+) -> dict:
     """Summarize the candidate tables into ``directions.json`` and ``directions.md`` in ``out_dir``.
 
     Args:
@@ -106,20 +129,34 @@ def write_directions(ct_model: str, mr_models: str | tuple, out_dir: str = "docs
     groups = mr_models.split(",") if isinstance(mr_models, str) else list(mr_models)
     ct = _load([ct_model])
     sets = {
-        "CT model: dev MR (mr_test)": {n: v for n, v in ct["volumes"].items() if v["split"] == "mr_test"},
+        "CT model: dev MR (mr_test)": {
+            n: v for n, v in ct["volumes"].items() if v["split"] == "mr_test"
+        },
         "CT model: ct_val": {n: v for n, v in ct["volumes"].items() if v["split"] == "ct_val"},
     }
     metas = [ct["meta"]]
     for i, group in enumerate(groups):
         mr = _load(group.split("+"))
         metas.append(mr["meta"])
-        sets[f"MR model {i}: ct_val"] = {n: v for n, v in mr["volumes"].items() if v["split"] == "ct_val"}
-        sets[f"MR model {i}: 24 other CT"] = {n: v for n, v in mr["volumes"].items() if v["split"] == "ct_train"}
+        sets[f"MR model {i}: ct_val"] = {
+            n: v for n, v in mr["volumes"].items() if v["split"] == "ct_val"
+        }
+        sets[f"MR model {i}: 24 other CT"] = {
+            n: v for n, v in mr["volumes"].items() if v["split"] == "ct_train"
+        }
     summary = {name: summarize_set(vols) for name, vols in sets.items()}
-    steps = {name: summarize_set(vols, "no_step") for name, vols in sets.items()
-             if any("no_step" in v for v in vols.values())}
+    steps = {
+        name: summarize_set(vols, "no_step")
+        for name, vols in sets.items()
+        if any("no_step" in v for v in vols.values())
+    }
     chosen = choose_rule(summary, ("CT model: dev MR (mr_test)", "CT model: ct_val"))
-    result = {"runs": metas, "chosen_on_ct_model": chosen, "sets": summary, "without_grata_step": steps}
+    result = {
+        "runs": metas,
+        "chosen_on_ct_model": chosen,
+        "sets": summary,
+        "without_grata_step": steps,
+    }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "directions.json").write_text(json.dumps(result, indent=1))
@@ -144,17 +181,28 @@ def _markdown(result: dict) -> str:
         "",
     ]
     for name, s in result["sets"].items():
-        lines += [f"## {name} ({s['volumes']} volumes)", "", "| statistics | raw | lcc | layout | worst vs better of source/own | volumes below −1 |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {name} ({s['volumes']} volumes)",
+            "",
+            "| statistics | raw | lcc | layout | worst vs better of source/own | volumes below −1 |",
+            "|---|---|---|---|---|---|",
+        ]
         for rule, m in s["mean"].items():
             w = s["worst_vs_better_of_source_own"].get(rule)
             worst = f"{w['delta']:+.1f} ({w['volume']})" if w else ""
             below = str(w["below_1"]) if w else ""
-            lines.append(f"| {rule} | {m['raw']:.1f} | {m['lcc']:.1f} | {m['layout']:.1f} | {worst} | {below} |")
+            lines.append(
+                f"| {rule} | {m['raw']:.1f} | {m['lcc']:.1f} | {m['layout']:.1f} | {worst} | {below} |"
+            )
         lines.append("")
-    lines += ["## What the GraTa step adds", "",
-              "Same sets scored without the step (layout post-processing): Δ = with − without.", "",
-              "| set | source | own | bundle rule |", "|---|---|---|---|"]
+    lines += [
+        "## What the GraTa step adds",
+        "",
+        "Same sets scored without the step (layout post-processing): Δ = with − without.",
+        "",
+        "| set | source | own | bundle rule |",
+        "|---|---|---|---|",
+    ]
     for name, s in result["without_grata_step"].items():
         w = result["sets"][name]["mean"]
         lines.append(

@@ -23,7 +23,11 @@ from grata_monai.inferer import GraTaInferer
 __all__ = ["Method", "METHODS", "SHARED_DEFAULTS", "keywords", "make_inferer"]
 
 # What every method gets unless the settings say otherwise (SlidingWindowInferer has no defaults for these).
-SHARED_DEFAULTS = {"roi_size": defaults.ROI_SIZE, "sw_batch_size": defaults.SW_BATCH_SIZE, "overlap": defaults.OVERLAP}
+SHARED_DEFAULTS = {
+    "roi_size": defaults.ROI_SIZE,
+    "sw_batch_size": defaults.SW_BATCH_SIZE,
+    "overlap": defaults.OVERLAP,
+}
 
 
 def keywords(cls: Callable) -> frozenset[str]:
@@ -59,7 +63,9 @@ METHODS: dict[str, Method] = {
     "tent": Method(TentInferer, _ADAPTIVE),
     "memo": Method(MemoInferer, _ADAPTIVE | {"n_aug"}),
     "grata": Method(GraTaInferer, _GRATA),
-    "grata_no_align": Method(GraTaInferer, _GRATA - {"align", "dynamic_lr"}, {"align": False, "dynamic_lr": False}),
+    "grata_no_align": Method(
+        GraTaInferer, _GRATA - {"align", "dynamic_lr"}, {"align": False, "dynamic_lr": False}
+    ),
     "grata_fixed_lr": Method(GraTaInferer, _GRATA - {"dynamic_lr"}, {"dynamic_lr": False}),
 }
 
@@ -76,7 +82,9 @@ def make_inferer(method: str, settings: Mapping[str, Any] | None = None) -> Infe
     known = frozenset().union(*(m.takes | set(m.fixed) for m in METHODS.values()))
     unknown = sorted(set(settings) - known)
     if unknown:
-        raise ValueError(f"Unknown settings {unknown}: no method takes them (see grata_monai.bench.methods).")
+        raise ValueError(
+            f"Unknown settings {unknown}: no method takes them (see grata_monai.bench.methods)."
+        )
     try:
         return METHODS[method].make(settings)
     except ValueError as e:

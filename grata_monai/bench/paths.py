@@ -17,11 +17,15 @@ def data_dir(value: str | os.PathLike | None, subfolder: str = "abdomen") -> Pat
     """
     if value is None:
         if not os.environ.get("GRATA_DATA_DIR"):
-            raise FileNotFoundError(f"no data folder: pass --data_dir, or set GRATA_DATA_DIR to the folder holding {subfolder}/.")
+            raise FileNotFoundError(
+                f"no data folder: pass --data_dir, or set GRATA_DATA_DIR to the folder holding {subfolder}/."
+            )
         value = Path(os.environ["GRATA_DATA_DIR"]) / subfolder
     path = Path(value).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"data folder '{path}' does not exist: pass --data_dir or set GRATA_DATA_DIR.")
+        raise FileNotFoundError(
+            f"data folder '{path}' does not exist: pass --data_dir or set GRATA_DATA_DIR."
+        )
     return path
 
 
@@ -33,8 +37,12 @@ def bundle_dir(value: str | os.PathLike | None) -> Path:
     """
     value = value if value is not None else os.environ.get("GRATA_BUNDLE_DIR")
     if not value:
-        raise FileNotFoundError("no bundle: pass --bundle_dir <bundle folder>, or set GRATA_BUNDLE_DIR (e.g. to ./bundle).")
+        raise FileNotFoundError(
+            "no bundle: pass --bundle_dir <bundle folder>, or set GRATA_BUNDLE_DIR (e.g. to ./bundle)."
+        )
     path = Path(value).expanduser()
     if not (path / "configs").is_dir():
-        raise FileNotFoundError(f"'{path}' is not a bundle folder (no configs/ in it): pass --bundle_dir or set GRATA_BUNDLE_DIR.")
+        raise FileNotFoundError(
+            f"'{path}' is not a bundle folder (no configs/ in it): pass --bundle_dir or set GRATA_BUNDLE_DIR."
+        )
     return path

@@ -25,10 +25,27 @@ from tqdm import tqdm
 from grata_monai import defaults
 from grata_monai.bench import paths
 from grata_monai.bench.benchmark import evaluate, summarize
-from grata_monai.bench.common import bundle_config, device_name, git_revision, load_bundle, names, pick_device, prepare
+from grata_monai.bench.common import (
+    bundle_config,
+    device_name,
+    git_revision,
+    load_bundle,
+    names,
+    pick_device,
+    prepare,
+)
 from grata_monai.bench.methods import make_inferer
 
-__all__ = ["BASELINES", "VARIANTS", "make", "choose", "run_study", "write_results", "write_study_md", "plot_study"]
+__all__ = [
+    "BASELINES",
+    "VARIANTS",
+    "make",
+    "choose",
+    "run_study",
+    "write_results",
+    "write_study_md",
+    "plot_study",
+]
 
 SPLITS = ("mr_test", "ct_val")
 # name -> (method, settings beyond the defaults). Steps/lr/params follow the calibration note and
@@ -71,10 +88,18 @@ def make(method: str, settings: dict[str, Any], reference: list[float] | None = 
     return make_inferer(method, settings)
 
 
-def _row(name: str, method: str, settings: dict, network, volumes: dict, device, reference=None) -> dict:
+def _row(
+    name: str, method: str, settings: dict, network, volumes: dict, device, reference=None
+) -> dict:
     inferer = make(method, settings, reference)
-    evaluate(inferer, network, volumes["mr_test"][:1], device)  # warm-up (cudnn autotuning, allocator)
-    row = {"variant": name, "method": method, "settings": getattr(inferer, "settings", lambda: {"method": "source"})()}
+    evaluate(
+        inferer, network, volumes["mr_test"][:1], device
+    )  # warm-up (cudnn autotuning, allocator)
+    row = {
+        "variant": name,
+        "method": method,
+        "settings": getattr(inferer, "settings", lambda: {"method": "source"})(),
+    }
     for split, vols in volumes.items():
         if hasattr(inferer, "reset"):
             inferer.reset()
@@ -95,14 +120,18 @@ def _worst_loss(row: dict, reference: dict) -> float:
     return min(a - b for a, b in zip(_volume_means(row), _volume_means(reference)))
 
 
-def choose(rows: dict[str, dict], ct_tolerance: float = 0.5, volume_tolerance: float = 1.0) -> tuple[str, bool]:
+def choose(
+    rows: dict[str, dict], ct_tolerance: float = 0.5, volume_tolerance: float = 1.0
+) -> tuple[str, bool]:
     """The GraTa variant with the best MR mean among the eligible ones (see the module docstring);
     returns its name and whether it was eligible (else: the best MR mean, flagged)."""
     source_ct, reference = _mean(rows["source"], "ct_val"), rows["norm_stats"]
     grata = [n for n in rows if n.startswith("grata") and n in VARIANTS]
     eligible = [
-        n for n in grata
-        if _mean(rows[n], "ct_val") >= source_ct - ct_tolerance and _worst_loss(rows[n], reference) >= -volume_tolerance
+        n
+        for n in grata
+        if _mean(rows[n], "ct_val") >= source_ct - ct_tolerance
+        and _worst_loss(rows[n], reference) >= -volume_tolerance
     ]
     pool = eligible or grata
     return max(pool, key=lambda n: _mean(rows[n], "mr_test")), bool(eligible)
@@ -112,12 +141,22 @@ def write_results(study: dict, out_dir: str | Path) -> None:
     """``results.json`` (MR) and ``results_ct.json`` in the benchmark's format from a study: the
     baselines, the best TENT, the chosen GraTa variant as ``grata``, its ablations and the paper's preset."""
     rows, winner = study["rows"], study["chosen"]
-    names = {"source": "source", "norm_stats": "norm_stats", "tent": study["best_tent"], "memo": "memo_1x1e-3", "grata": winner}
+    names = {
+        "source": "source",
+        "norm_stats": "norm_stats",
+        "tent": study["best_tent"],
+        "memo": "memo_1x1e-3",
+        "grata": winner,
+    }
     names |= {f"grata_{a}": f"{winner}_{a}" for a in ABLATIONS if f"{winner}_{a}" in rows}
     names |= {"grata_paper": "grata_paper"} if "grata_paper" in rows else {}
     for split, file in (("mr_test", "results.json"), ("ct_val", "results_ct.json")):
         methods = {
-            alias: {"summary": rows[n][split]["summary"], "settings": rows[n]["settings"], "volumes": rows[n][split]["volumes"]}
+            alias: {
+                "summary": rows[n][split]["summary"],
+                "settings": rows[n]["settings"],
+                "volumes": rows[n][split]["volumes"],
+            }
             for alias, n in names.items()
             if n in rows
         }
@@ -125,7 +164,9 @@ def write_results(study: dict, out_dir: str | Path) -> None:
             "device": study["device"],
             "git_revision": study["git_revision"],
             "data": {**study["data"], "key": split, "volumes": study["volumes"][split]},
-            "settings": {"from": f"grata-monai study: {', '.join(f'{a}={n}' for a, n in names.items())}"},
+            "settings": {
+                "from": f"grata-monai study: {', '.join(f'{a}={n}' for a, n in names.items())}"
+            },
             "methods": methods,
         }
         (Path(out_dir) / file).write_text(json.dumps(result, indent=1))
@@ -139,14 +180,16 @@ def write_study_md(study: dict, path: str | Path, figure: str = "study.png") -> 
         "# Adaptation study (dev volumes)",
         "",
         f"Model: `{study['bundle']}` at revision `{study['git_revision']}`, on {study['device']}. "
-        f"MR: {len(study['volumes']['mr_test'])} `mr_test` volumes; CT: {len(study['volumes']['ct_val'])} `ct_val` volumes. "
+        f"MR: {len(study['volumes']['mr_test'])} `mr_test` volumes; "
+        f"CT: {len(study['volumes']['ct_val'])} `ct_val` volumes. "
         "Dice ×100 on the preprocessed 2×2×4 mm grid (MONAI `DiceMetric`). Δ: against per-volume statistics "
         "(`norm_stats`) on MR, against source-only on CT. s/vol: mean seconds per volume on the device "
         "(adaptation + inference, preprocessing excluded).",
         "",
         f"Command: `{study['command']}`",
         "",
-        f"**Chosen (bundle default): `{study['chosen']}`**" + ("" if study["eligible"] else " (no variant met every rule: best MR mean)"),
+        f"**Chosen (bundle default): `{study['chosen']}`**"
+        + ("" if study["eligible"] else " (no variant met every rule: best MR mean)"),
         "",
         f"![gain over per-volume statistics]({figure})",
         "",
@@ -159,17 +202,45 @@ def write_study_md(study: dict, path: str | Path, figure: str = "study.png") -> 
             f"| {name} | {mr:.2f} | {mr - _mean(reference, 'mr_test'):+.2f} | {_worst_loss(row, reference):+.2f} | "
             f"{ct:.2f} | {ct - _mean(source, 'ct_val'):+.2f} | {row['mr_test']['summary']['infer_s']:.3f} |"
         )
-    lines += ["", "## Per organ (MR)", "", "| variant | " + " | ".join(organs) + " |", "|---" * (len(organs) + 1) + "|"]
+    lines += [
+        "",
+        "## Per organ (MR)",
+        "",
+        "| variant | " + " | ".join(organs) + " |",
+        "|---" * (len(organs) + 1) + "|",
+    ]
     for name, row in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{100 * d:.1f}" for d in row["mr_test"]["summary"]["dice_per_class"]) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{100 * d:.1f}" for d in row["mr_test"]["summary"]["dice_per_class"])
+            + " |"
+        )
     shown = ["source", "norm_stats", "norm_stats_auto", "grata_paper", study["chosen"]]
     shown = list(dict.fromkeys(n for n in shown if n in rows))
-    lines += ["", "## Per MR volume (mean over organs)", "", "| volume | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
+    lines += [
+        "",
+        "## Per MR volume (mean over organs)",
+        "",
+        "| volume | " + " | ".join(shown) + " |",
+        "|---" * (len(shown) + 1) + "|",
+    ]
     for i, vol in enumerate(study["volumes"]["mr_test"]):
-        lines.append(f"| {vol} | " + " | ".join(f"{_volume_means(rows[n])[i]:.1f}" for n in shown) + " |")
-    lines += ["", "## Per CT volume (mean over organs)", "", "| volume | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
+        lines.append(
+            f"| {vol} | " + " | ".join(f"{_volume_means(rows[n])[i]:.1f}" for n in shown) + " |"
+        )
+    lines += [
+        "",
+        "## Per CT volume (mean over organs)",
+        "",
+        "| volume | " + " | ".join(shown) + " |",
+        "|---" * (len(shown) + 1) + "|",
+    ]
     for i, vol in enumerate(study["volumes"]["ct_val"]):
-        lines.append(f"| {vol} | " + " | ".join(f"{_volume_means(rows[n], 'ct_val')[i]:.1f}" for n in shown) + " |")
+        lines.append(
+            f"| {vol} | "
+            + " | ".join(f"{_volume_means(rows[n], 'ct_val')[i]:.1f}" for n in shown)
+            + " |"
+        )
     lines += ["", "Settings of every row: `study.json` (`rows.<variant>.settings`)."]
     Path(path).write_text("\n".join(lines) + "\n")
 
@@ -187,7 +258,12 @@ def plot_study(study: dict, path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(names)), 4.5))
     for i, name in enumerate(names):
         gains = [a - b for a, b in zip(_volume_means(rows[name]), reference)]
-        ax.bar(i, sum(gains) / len(gains), color="tab:orange" if name == study["chosen"] else "tab:blue", alpha=0.7)
+        ax.bar(
+            i,
+            sum(gains) / len(gains),
+            color="tab:orange" if name == study["chosen"] else "tab:blue",
+            alpha=0.7,
+        )
         ax.scatter([i] * len(gains), gains, s=8, color="k", zorder=3)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
@@ -238,15 +314,23 @@ def run_study(
     for ablation, switches in ABLATIONS.items():
         if "preset" not in settings:
             name = f"{winner}_{ablation}"
-            rows[name] = _row(name, method, {**settings, **switches}, network, volumes, dev, reference)
+            rows[name] = _row(
+                name, method, {**settings, **switches}, network, volumes, dev, reference
+            )
     tent = max((n for n in rows if n.startswith("tent")), key=lambda n: _mean(rows[n], "mr_test"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"device": device_name(dev), "git_revision": git_revision(), "data": {"data_dir": str(data)}}
+    meta = {
+        "device": device_name(dev),
+        "git_revision": git_revision(),
+        "data": {"data_dir": str(data)},
+    }
     study = {
         **meta,
         "bundle": str(bundle),
-        "command": "grata-monai study " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["study"] else "grata-monai study",
+        "command": "grata-monai study " + " ".join(sys.argv[2:])
+        if sys.argv[1:2] == ["study"]
+        else "grata-monai study",
         "volumes": {s: [v["name"] for v in vols] for s, vols in volumes.items()},
         "chosen": winner,
         "eligible": eligible,
@@ -259,5 +343,8 @@ def run_study(
     write_results(study, out)
     print(f"chosen: {winner} (eligible: {eligible}); best TENT: {tent}")
     for name, row in rows.items():
-        print(f"{name:32s} MR {_mean(row, 'mr_test'):6.2f}  CT {_mean(row, 'ct_val'):6.2f}  {row['mr_test']['summary']['infer_s']:.3f} s/vol")
+        print(
+            f"{name:32s} MR {_mean(row, 'mr_test'):6.2f}  CT {_mean(row, 'ct_val'):6.2f}  "
+            f"{row['mr_test']['summary']['infer_s']:.3f} s/vol"
+        )
     return study

@@ -36,8 +36,24 @@ from grata_monai.bench.common import device_name, git_revision
 __all__ = ["STAGES", "loader_workers", "run_throughput", "split_pipeline", "write_markdown"]
 
 STAGES = ("load", "preprocess", "wait", "adapt", "infer", "postprocess", "write")
-GRATA_KEYS = ("steps", "patches_per_step", "patch_size", "weak_transforms", "guard", "settle_windows", "amp")
-SLIDING_KEYS = ("roi_size", "sw_batch_size", "overlap", "mode", "sigma_scale", "padding_mode", "cval")
+GRATA_KEYS = (
+    "steps",
+    "patches_per_step",
+    "patch_size",
+    "weak_transforms",
+    "guard",
+    "settle_windows",
+    "amp",
+)
+SLIDING_KEYS = (
+    "roi_size",
+    "sw_batch_size",
+    "overlap",
+    "mode",
+    "sigma_scale",
+    "padding_mode",
+    "cval",
+)
 
 
 def loader_workers(cpu_count: int | None = None) -> int:
@@ -63,11 +79,18 @@ def split_pipeline(
     load_end = next((i + 1 for i, t in enumerate(pre) if isinstance(t, LoadImaged)), None)
     write_start = next((i for i, t in enumerate(post) if isinstance(t, SaveImaged)), None)
     if load_end is None or write_start is None:
-        raise ValueError("the bundle's preprocessing needs a LoadImaged and its postprocessing a SaveImaged.")
+        raise ValueError(
+            "the bundle's preprocessing needs a LoadImaged and its postprocessing a SaveImaged."
+        )
     rest = pre[load_end:]
     if device is not None:
         rest = [EnsureTyped(keys=pre[load_end - 1].keys, device=device, track_meta=True), *rest]
-    return Compose(pre[:load_end]), Compose(rest), Compose(post[:write_start]), Compose(post[write_start:])
+    return (
+        Compose(pre[:load_end]),
+        Compose(rest),
+        Compose(post[:write_start]),
+        Compose(post[write_start:]),
+    )
 
 
 class _Loading(Dataset):
@@ -112,16 +135,22 @@ def _peak_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:
-        line = next(s for s in Path("/proc/self/status").read_text().splitlines() if s.startswith("VmHWM:"))
+        line = next(
+            s for s in Path("/proc/self/status").read_text().splitlines() if s.startswith("VmHWM:")
+        )
         return int(line.split()[1]) / 1024
     except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # never reset: the process's peak
+        return (
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )  # never reset: the process's peak
 
 
 class _Pipeline:
     """One bundle's pipeline on one device: the four stages and the two inferers."""
 
-    def __init__(self, bundle_dir: Path, device: torch.device, output_dir: str, device_preprocessing: bool) -> None:
+    def __init__(
+        self, bundle_dir: Path, device: torch.device, output_dir: str, device_preprocessing: bool
+    ) -> None:
         parser = ConfigParser()
         parser.read_config(str(bundle_dir / "configs" / "inference.json"))
         parser["bundle_root"] = str(bundle_dir)
@@ -135,10 +164,16 @@ class _Pipeline:
         )
         self.device_preprocessing = device_preprocessing
         self.network = parser.get_parsed_content("network")
-        state = torch.load(parser.get_parsed_content("ckpt_path"), map_location=device, weights_only=True)
+        state = torch.load(
+            parser.get_parsed_content("ckpt_path"), map_location=device, weights_only=True
+        )
         self.network.load_state_dict(state.get("model", state))
         self.network.eval()
-        sliding = {k: parser.get_parsed_content(f"inferer#{k}") for k in SLIDING_KEYS if k in parser["inferer"]}
+        sliding = {
+            k: parser.get_parsed_content(f"inferer#{k}")
+            for k in SLIDING_KEYS
+            if k in parser["inferer"]
+        }
         self.inferers: dict[str, Inferer] = {
             "plain": SlidingWindowInferer(**sliding),
             "grata": parser.get_parsed_content("inferer"),
@@ -153,7 +188,9 @@ class _Pipeline:
     def loader(self, items: list[dict], num_workers: int) -> Iterator[tuple[dict, dict]]:
         """Loaded (and, unless on the device, preprocessed) items, in order, from worker processes."""
         dataset = _Loading(items, self.load, None if self.device_preprocessing else self.preprocess)
-        return iter(DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is))
+        return iter(
+            DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is)
+        )
 
     def segment(self, method: str, data: dict, times: dict) -> dict:
         """The rest of one volume's pipeline after loading; ``times`` gets each stage's seconds."""
@@ -244,13 +281,21 @@ def run_throughput(
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu.")
-    if repeats < 1 or (limit is not None and limit < 1) or (num_workers is not None and num_workers < 0):
+        raise ValueError(
+            f"--device {device}: CUDA is not available on this machine; use --device cpu."
+        )
+    if (
+        repeats < 1
+        or (limit is not None and limit < 1)
+        or (num_workers is not None and num_workers < 0)
+    ):
         raise ValueError("need --repeats >= 1, --limit >= 1 and --num_workers >= 0.")
     outputs = [Path(out_dir) / f"{name}.{ext}" for ext in ("json", "md")]
     existing = [str(p) for p in outputs if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} exist: pass --overwrite true or another --name.")
+        raise FileExistsError(
+            f"{', '.join(existing)} exist: pass --overwrite true or another --name."
+        )
     workers = loader_workers() if num_workers is None else num_workers
     dataset = paths.data_dir(dataset_dir, "abdomen/mr")
     load_before = os.getloadavg()
@@ -313,21 +358,31 @@ def write_markdown(results: dict) -> str:
     lines = [
         f"# Throughput: {results['device']}",
         "",
-        (f"Revision `{results['git_revision']}`; {len(s['volumes'])} volumes from `{s['dataset_dir']}`, "
-        f"{s['repeats']} passes per method; {s['num_workers']} loader workers, preprocessing on "
-        f"{'the device' if s['device_preprocessing'] else 'the CPU workers'}; {results['cpu_count']} cores, "
-        f"{results['torch_threads']} torch threads, load average {results['load_average']['before'][0]:.1f} "
-        f"before and {results['load_average']['after'][0]:.1f} after. Seconds are means per volume; "
-        "load and CPU preprocessing overlap compute, `wait` is the loop's stall for them."),
+        (
+            f"Revision `{results['git_revision']}`; {len(s['volumes'])} volumes from `{s['dataset_dir']}`, "
+            f"{s['repeats']} passes per method; {s['num_workers']} loader workers, preprocessing on "
+            f"{'the device' if s['device_preprocessing'] else 'the CPU workers'}; {results['cpu_count']} cores, "
+            f"{results['torch_threads']} torch threads, load average {results['load_average']['before'][0]:.1f} "
+            f"before and {results['load_average']['after'][0]:.1f} after. Seconds are means per volume; "
+            "load and CPU preprocessing overlap compute, `wait` is the loop's stall for them."
+        ),
         "",
-        (f"Plain: `SlidingWindowInferer` {json.dumps(s['plain'])}. GraTa: the bundle's `inferer` "
-         f"{json.dumps({k: s['grata'].get(k) for k in GRATA_KEYS})}."),
+        (
+            f"Plain: `SlidingWindowInferer` {json.dumps(s['plain'])}. GraTa: the bundle's `inferer` "
+            f"{json.dumps({k: s['grata'].get(k) for k in GRATA_KEYS})}."
+        ),
         "",
         f"| method | volumes/s | {' | '.join(STAGES)} | {memory} (MiB) |",
         "|---|---|" + "---|" * len(STAGES) + "---|",
     ]
     for method, m in results["methods"].items():
         stages = " | ".join(f"{m['stages_s'][st]:.3f}" for st in STAGES)
-        lines.append(f"| {method} | {m['volumes_per_s']:.3f} | {stages} | {m['peak_memory_mib']:.0f} |")
-    lines += ["", f"GraTa/plain time per volume: **{results['grata_over_plain']:.2f}x** (same run).", ""]
+        lines.append(
+            f"| {method} | {m['volumes_per_s']:.3f} | {stages} | {m['peak_memory_mib']:.0f} |"
+        )
+    lines += [
+        "",
+        f"GraTa/plain time per volume: **{results['grata_over_plain']:.2f}x** (same run).",
+        "",
+    ]
     return "\n".join(lines)

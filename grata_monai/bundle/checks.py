@@ -27,9 +27,18 @@ from monai.transforms import MapTransform
 from grata_monai.bundle.console import RunStopped
 from grata_monai.bundle.dicom import DicomSeriesError
 
-__all__ = ["MIN_FRACTION", "UnusableInput", "unusable_shape", "too_thin", "unreadable", "CheckInputd"]
+__all__ = [
+    "MIN_FRACTION",
+    "UnusableInput",
+    "unusable_shape",
+    "too_thin",
+    "unreadable",
+    "CheckInputd",
+]
 
-MIN_FRACTION = 0.25  # the least share of the model's window, along each world axis, a volume must fill
+MIN_FRACTION = (
+    0.25  # the least share of the model's window, along each world axis, a volume must fill
+)
 
 
 class UnusableInput(RunStopped, ValueError):
@@ -78,8 +87,10 @@ def too_thin(
     if not thin:
         return None
     i = thin[0]
-    return (f"too thin: {extent[i]:.0f} mm along {'RAS'[i]} ({'x'.join(str(s) for s in spatial_shape)} voxels), "
-            f"less than {min_fraction:g} of the model's {window[i]:.0f} mm window")
+    return (
+        f"too thin: {extent[i]:.0f} mm along {'RAS'[i]} ({'x'.join(str(s) for s in spatial_shape)} voxels), "
+        f"less than {min_fraction:g} of the model's {window[i]:.0f} mm window"
+    )
 
 
 def unreadable(error: Exception, path: str) -> str:
@@ -87,7 +98,11 @@ def unreadable(error: Exception, path: str) -> str:
     text = " ".join(str(error).split()).replace(f"'{path}': ", "")
     if isinstance(error, DicomSeriesError):
         return f"not one complete DICOM series: {text[:300]}"
-    return f"unreadable ({type(error).__name__}: {text[:300]})" if text else f"unreadable ({type(error).__name__})"
+    return (
+        f"unreadable ({type(error).__name__}: {text[:300]})"
+        if text
+        else f"unreadable ({type(error).__name__})"
+    )
 
 
 class CheckInputd(MapTransform):
@@ -113,9 +128,15 @@ class CheckInputd(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if len(roi_size) != 3 or len(pixdim) != 3 or not 0 <= min_fraction <= 1:
-            raise ValueError(f"CheckInputd needs a 3D roi_size and pixdim and 0 <= min_fraction <= 1, "
-                             f"got {roi_size}, {pixdim}, {min_fraction}")
-        self.roi_size, self.pixdim, self.min_fraction = tuple(roi_size), tuple(pixdim), float(min_fraction)
+            raise ValueError(
+                f"CheckInputd needs a 3D roi_size and pixdim and 0 <= min_fraction <= 1, "
+                f"got {roi_size}, {pixdim}, {min_fraction}"
+            )
+        self.roi_size, self.pixdim, self.min_fraction = (
+            tuple(roi_size),
+            tuple(pixdim),
+            float(min_fraction),
+        )
 
     def reason(self, image: np.ndarray | torch.Tensor) -> str | None:
         """Why the channel-first ``image`` (a ``MetaTensor`` for its affine) cannot be segmented, or None."""

@@ -45,7 +45,9 @@ KNOWN_WARNINGS = (
 
 
 # MONAI's notice on every parse of a config by `monai.bundle run`: "_target_" and "$" values run code.
-CONFIG_NOTICE = r"parsing config_file .*any `\"_target_\"` value in it is resolved to an importable callable"
+CONFIG_NOTICE = (
+    r"parsing config_file .*any `\"_target_\"` value in it is resolved to an importable callable"
+)
 
 
 class RunStopped(Exception):

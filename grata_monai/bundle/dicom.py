@@ -93,7 +93,9 @@ def check_series(folder: str | os.PathLike, gap_tolerance: float = 0.5) -> Serie
         if ds is not None and "SOPInstanceUID" in ds:
             headers.append((path, ds))
     if not headers:
-        raise DicomSeriesError(f"no DICOM file in '{root}': expected one DICOM series (one file per slice).")
+        raise DicomSeriesError(
+            f"no DICOM file in '{root}': expected one DICOM series (one file per slice)."
+        )
 
     series: dict[str, list] = {}
     for path, ds in headers:
@@ -108,17 +110,26 @@ def check_series(folder: str | os.PathLike, gap_tolerance: float = 0.5) -> Serie
             f"'{root}' mixes {len(series)} DICOM series; put each series in its own folder "
             "(one volume per folder):\n" + "\n".join(lines)
         )
-    (uid, items), = series.items()
+    ((uid, items),) = series.items()
 
     sizes = {(int(ds.get("Rows", 0)), int(ds.get("Columns", 0))) for _, ds in items}
     if len(sizes) > 1:
-        raise DicomSeriesError(f"'{root}': slices of series {uid} have different image sizes {sorted(sizes)}.")
+        raise DicomSeriesError(
+            f"'{root}': slices of series {uid} have different image sizes {sorted(sizes)}."
+        )
     normals = [_normal(ds) for _, ds in items]
-    has_geometry = all(n is not None for n in normals) and all("ImagePositionPatient" in ds for _, ds in items)
+    has_geometry = all(n is not None for n in normals) and all(
+        "ImagePositionPatient" in ds for _, ds in items
+    )
     if has_geometry:
         if any(abs(float(np.dot(n, normals[0]))) < 0.999 for n in normals):
             raise DicomSeriesError(f"'{root}': slices of series {uid} have different orientations.")
-        where = np.array([float(np.dot(np.asarray(ds.ImagePositionPatient, float), normals[0])) for _, ds in items])
+        where = np.array(
+            [
+                float(np.dot(np.asarray(ds.ImagePositionPatient, float), normals[0]))
+                for _, ds in items
+            ]
+        )
         label = "position along the slice normal (mm)"
     else:
         if not all("InstanceNumber" in ds for _, ds in items):
@@ -176,7 +187,9 @@ class CheckDicomSeriesd(MapTransform):
         allow_missing_keys: do not fail when a key is absent.
     """
 
-    def __init__(self, keys: Hashable | Sequence[Hashable], allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: Hashable | Sequence[Hashable], allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
 
     def __call__(self, data: Mapping) -> dict:

@@ -14,7 +14,6 @@ import torch
 from monai.engines.utils import IterationEvents
 
 import grata_monai
-
 from grata_monai.audit import reports_of
 from grata_monai.bundle.io import output_path
 
@@ -23,8 +22,12 @@ __all__ = ["AuditReportHandler", "versions"]
 
 def versions() -> dict[str, str]:
     """The versions of the software that produced a report."""
-    return {"grata-monai": grata_monai.__version__, "monai": monai.__version__, "torch": torch.__version__,
-            "python": platform.python_version()}
+    return {
+        "grata-monai": grata_monai.__version__,
+        "monai": monai.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 class AuditReportHandler:
@@ -59,7 +62,12 @@ class AuditReportHandler:
         separate_folder: bool = False,
         seg_postfix: str = "seg",
     ) -> None:
-        self.output_dir, self.postfix, self.overwrite, self.key = output_dir, postfix, overwrite, key
+        self.output_dir, self.postfix, self.overwrite, self.key = (
+            output_dir,
+            postfix,
+            overwrite,
+            key,
+        )
         self.separate_folder, self.seg_postfix = separate_folder, seg_postfix
         self.versions = versions()
 
@@ -74,13 +82,19 @@ class AuditReportHandler:
         paths = []
         for i, report in enumerate(reports):
             source = sources[i] if i < len(sources) else f"volume_{i}"
-            path = Path(output_path(source, self.output_dir, self.postfix, ".json", self.separate_folder))
+            path = Path(
+                output_path(source, self.output_dir, self.postfix, ".json", self.separate_folder)
+            )
             if path.exists() and not self.overwrite:
-                raise FileExistsError(f"audit report '{path}' already exists; pass --overwrite true to replace it.")
+                raise FileExistsError(
+                    f"audit report '{path}' already exists; pass --overwrite true to replace it."
+                )
             os.makedirs(path.parent, exist_ok=True)
             record = {
                 "input": str(source),
-                "output": output_path(source, self.output_dir, self.seg_postfix, separate_folder=self.separate_folder),
+                "output": output_path(
+                    source, self.output_dir, self.seg_postfix, separate_folder=self.separate_folder
+                ),
                 "written_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "versions": self.versions,
                 **report,

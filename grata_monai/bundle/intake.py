@@ -4,7 +4,8 @@ MONAI's evaluator stops at the first volume that fails, so one bad file would co
 volume of the run. :class:`Intake` reads each volume once up front and keeps those the network can
 take: for DICOM folders one complete series, then what the inference path's own input check
 (:class:`~grata_monai.bundle.checks.CheckInputd`) accepts, with the same reason when it refuses.
-Each other input is skipped and named in one line with its reason; nothing is written for it. After the run, :meth:`Intake.finish` prints the summary (volumes written, inputs
+Each other input is skipped and named in one line with its reason; nothing is written for it.
+After the run, :meth:`Intake.finish` prints the summary (volumes written, inputs
 skipped and why, where the outputs are); when anything was skipped it raises the summary as
 :class:`~grata_monai.bundle.console.InputsSkipped`, which a bundle run prints as its last lines
 with exit status 1.
@@ -70,7 +71,9 @@ class Intake:
             else:
                 self.items.append(item)
         if not self.items:
-            raise InputsSkipped(f"nothing to segment: none of the {len(self.failed)} input(s) can be used:\n{self._listing()}")
+            raise InputsSkipped(
+                f"nothing to segment: none of the {len(self.failed)} input(s) can be used:\n{self._listing()}"
+            )
         logger.info("%d volume(s) to segment", len(self.items))
 
     def _skip(self, path: str, reason: str) -> None:
@@ -83,16 +86,22 @@ class Intake:
     def summary(self, output_dir: str, postfix: str = "seg", adapted: bool = True) -> str:
         """The run's closing lines: volumes written, inputs skipped with their reasons, the outputs (and,
         when not ``adapted``, that the run was plain: no adaptation, no audit reports)."""
-        written = [i for i in self.items if os.path.exists(output_path(i[self.key], output_dir, postfix))]
-        lines = [f"done: {len(written)} of {len(self.items) + len(self.failed)} input(s) segmented, "
-                 f"{len(self.failed)} skipped" + (":" if self.failed else "")]
+        written = [
+            i for i in self.items if os.path.exists(output_path(i[self.key], output_dir, postfix))
+        ]
+        lines = [
+            f"done: {len(written)} of {len(self.items) + len(self.failed)} input(s) segmented, "
+            f"{len(self.failed)} skipped" + (":" if self.failed else "")
+        ]
         if self.failed:
             lines.append(self._listing())
         outputs = f"outputs in {os.path.abspath(output_dir)} (<name>_{postfix}.nii.gz"
         if adapted:
             lines.append(f"{outputs}, <name>_{postfix}_report.json)")
         else:
-            lines.append(f"{outputs}; plain run, --adapt false: the source model, no adaptation, no audit report)")
+            lines.append(
+                f"{outputs}; plain run, --adapt false: the source model, no adaptation, no audit report)"
+            )
         return "\n".join(lines)
 
     def finish(self, output_dir: str, postfix: str = "seg", adapted: bool = True) -> None:

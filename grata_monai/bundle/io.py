@@ -2,7 +2,8 @@
 
 `list_volumes` turns a folder (or one NIfTI file) into MONAI datalist items, `load_datalist` reads a
 labelled one (evaluation, training), (NIfTI files and DICOM series
-folders) and `list_ignored` names what else is in it; `output_path` is the file MONAI's ``SaveImaged`` writes for an input (its
+folders) and `list_ignored` names what else is in it; `output_path` is the file MONAI's
+``SaveImaged`` writes for an input (its
 ``FolderLayout``); `check_no_overwrite` enforces the bundle's output policy; `body_mask` is the
 body for ``CropForegroundd``.
 """
@@ -110,15 +111,21 @@ def list_volumes(
     if _is_nifti(root):
         return [{key: str(root)}]
     if root.is_file():
-        what = "a single DICOM file: pass its series folder" if is_dicom(root) else "not a NIfTI file"
-        raise NotFound(f"dataset_dir '{root}' is {what} (--dataset_dir takes a NIfTI file (*.nii, *.nii.gz), "
-                       "a DICOM series folder, or a folder of those).")
+        what = (
+            "a single DICOM file: pass its series folder" if is_dicom(root) else "not a NIfTI file"
+        )
+        raise NotFound(
+            f"dataset_dir '{root}' is {what} (--dataset_dir takes a NIfTI file (*.nii, *.nii.gz), "
+            "a DICOM series folder, or a folder of those)."
+        )
     if not root.is_dir():
         raise NotFound(
             f"dataset_dir '{root}' does not exist: pass --dataset_dir <NIfTI file, DICOM series folder, or "
             "folder of NIfTI files (*.nii, *.nii.gz) and DICOM series folders>."
         )
-    entries = sorted(p for p in root.iterdir() if not any(fnmatch.fnmatch(p.name, x) for x in exclude))
+    entries = sorted(
+        p for p in root.iterdir() if not any(fnmatch.fnmatch(p.name, x) for x in exclude)
+    )
     items = [str(p) for p in entries if _is_nifti(p)]
     items += [str(p) for p in entries if _is_dicom_series(p)]
     if not items and _is_dicom_series(root):
@@ -132,7 +139,9 @@ def list_volumes(
     return [{key: p} for p in items]
 
 
-def list_ignored(dataset_dir: str | os.PathLike, exclude: Sequence[str] = ()) -> list[tuple[str, str]]:
+def list_ignored(
+    dataset_dir: str | os.PathLike, exclude: Sequence[str] = ()
+) -> list[tuple[str, str]]:
     """What in ``dataset_dir`` is not a volume, as ``(path, reason)``: the inputs a run skips.
 
     Not listed: the volumes `list_volumes` finds, names matching ``exclude`` or `NOT_INPUTS`,
@@ -145,7 +154,9 @@ def list_ignored(dataset_dir: str | os.PathLike, exclude: Sequence[str] = ()) ->
     root = Path(dataset_dir).expanduser()
     if not root.is_dir():
         return []
-    if _is_dicom_series(root) and not any(_is_nifti(p) or _is_dicom_series(p) for p in root.iterdir()):
+    if _is_dicom_series(root) and not any(
+        _is_nifti(p) or _is_dicom_series(p) for p in root.iterdir()
+    ):
         return []  # the folder is the series
     patterns = (*exclude, *NOT_INPUTS)
     ignored = []
@@ -153,14 +164,30 @@ def list_ignored(dataset_dir: str | os.PathLike, exclude: Sequence[str] = ()) ->
         if p.name.startswith(".") or any(fnmatch.fnmatch(p.name, x) for x in patterns):
             continue
         if p.is_dir() and not _is_dicom_series(p):
-            ignored.append((str(p), "a folder without DICOM files (a series folder holds one DICOM file per slice)"))
+            ignored.append(
+                (
+                    str(p),
+                    "a folder without DICOM files (a series folder holds one DICOM file per slice)",
+                )
+            )
         elif p.is_file() and not _is_nifti(p):
-            what = "a DICOM file outside a series folder" if is_dicom(p) else "not a NIfTI file (*.nii, *.nii.gz)"
-            ignored.append((str(p), f"{what}; put DICOM series in sub-folders, or pass --exclude to leave it out"))
+            what = (
+                "a DICOM file outside a series folder"
+                if is_dicom(p)
+                else "not a NIfTI file (*.nii, *.nii.gz)"
+            )
+            ignored.append(
+                (
+                    str(p),
+                    f"{what}; put DICOM series in sub-folders, or pass --exclude to leave it out",
+                )
+            )
     return ignored
 
 
-def load_datalist(datalist_file: str | os.PathLike, key: str, base_dir: str | os.PathLike) -> list[dict]:
+def load_datalist(
+    datalist_file: str | os.PathLike, key: str, base_dir: str | os.PathLike
+) -> list[dict]:
     """MONAI's ``load_decathlon_datalist`` for a config, with a one-line stop when the file or key is missing.
 
     Args:
@@ -180,16 +207,24 @@ def load_datalist(datalist_file: str | os.PathLike, key: str, base_dir: str | os
         )
     splits = json.loads(path.read_text())
     if key not in splits:
-        raise BadSetting(f"datalist '{path}' has no split '{key}' (it has: {', '.join(sorted(splits))}).")
+        raise BadSetting(
+            f"datalist '{path}' has no split '{key}' (it has: {', '.join(sorted(splits))})."
+        )
     return load_decathlon_datalist(path, data_list_key=key, base_dir=base_dir)
 
 
 def output_path(
-    input_path: str, output_dir: str, postfix: str, ext: str = ".nii.gz", separate_folder: bool = False
+    input_path: str,
+    output_dir: str,
+    postfix: str,
+    ext: str = ".nii.gz",
+    separate_folder: bool = False,
 ) -> str:
     """The file ``SaveImaged(output_postfix=postfix, separate_folder=separate_folder)`` writes for an
     input (MONAI's ``FolderLayout``; a series folder is named by its last path component)."""
-    layout = FolderLayout(output_dir, postfix=postfix, extension=ext, parent=separate_folder, makedirs=False)
+    layout = FolderLayout(
+        output_dir, postfix=postfix, extension=ext, parent=separate_folder, makedirs=False
+    )
     return str(layout.filename(subject=str(input_path).rstrip("/\\")))
 
 
@@ -218,7 +253,11 @@ def check_no_overwrite(
         OutputsExist: (a ``FileExistsError``) an output exists and ``overwrite`` is false.
     """
     if not as_bool(overwrite, "overwrite"):
-        existing = [p for p in (output_path(d[key], output_dir, postfix, ext) for d in items) if os.path.exists(p)]
+        existing = [
+            p
+            for p in (output_path(d[key], output_dir, postfix, ext) for d in items)
+            if os.path.exists(p)
+        ]
         if existing:
             raise OutputsExist(
                 f"{len(existing)} output(s) already exist, e.g. '{existing[0]}': choose another "

@@ -49,7 +49,9 @@ def _parameters(function: Any) -> list[inspect.Parameter]:
 
 def _named_parameters(*functions: Any) -> frozenset[str]:
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return frozenset(p.name for f in functions for p in _parameters(f) if p.kind in kinds) - {"self"}
+    return frozenset(p.name for f in functions for p in _parameters(f) if p.kind in kinds) - {
+        "self"
+    }
 
 
 # The arguments MONAI's `run` (through create_workflow and ConfigWorkflow) takes for itself.
@@ -82,7 +84,11 @@ def known_ids(config: Any, prefix: str = "") -> Iterator[str]:
     if isinstance(config, dict):
         children: list[Any] = list(config.items())
         if "_target_" in config and not str(config["_target_"]).startswith(("$", "@")):
-            children += [(name, None) for name in (*_target_parameters(config), *COMPONENT_KEYS) if name not in config]
+            children += [
+                (name, None)
+                for name in (*_target_parameters(config), *COMPONENT_KEYS)
+                if name not in config
+            ]
     elif isinstance(config, list):
         children = list(enumerate(config))
     else:
@@ -98,11 +104,15 @@ def unknown_override(key: str, ids: Sequence[str]) -> str | None:
     normal = key.removeprefix(MERGE_KEY).replace("::", SEP)
     if normal in RUNNER_ARGS or normal in ids:
         return None
-    candidates = [i for i in ids if i.rpartition(SEP)[2] not in COMPONENT_KEYS] + sorted(RUNNER_ARGS)
+    candidates = [i for i in ids if i.rpartition(SEP)[2] not in COMPONENT_KEYS] + sorted(
+        RUNNER_ARGS
+    )
     nearest = difflib.get_close_matches(normal, candidates, n=1, cutoff=0.0)
     hint = f"did you mean --{nearest[0]}?" if nearest else "check the spelling."
-    return (f"unknown option --{key}: no id of that name in the bundle's configs and not a MONAI runner "
-            f"argument; {hint}")
+    return (
+        f"unknown option --{key}: no id of that name in the bundle's configs and not a MONAI runner "
+        f"argument; {hint}"
+    )
 
 
 def _value(text: str) -> Any:
@@ -115,7 +125,11 @@ def _value(text: str) -> Any:
 def command_line(argv: Sequence[str]) -> dict[str, Any] | None:
     """The keyword arguments python-fire passes to ``monai.bundle run`` for ``argv`` (``sys.argv``), or None
     when ``argv`` is not a ``python -m monai.bundle run`` command line."""
-    if len(argv) < 2 or Path(argv[0]).parts[-3:] != ("monai", "bundle", "__main__.py") or argv[1] != "run":
+    if (
+        len(argv) < 2
+        or Path(argv[0]).parts[-3:] != ("monai", "bundle", "__main__.py")
+        or argv[1] != "run"
+    ):
         return None
     return run_arguments(argv[2:])
 

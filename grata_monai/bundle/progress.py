@@ -64,5 +64,13 @@ class ProgressHandler:
         now = time.perf_counter()
         state = engine.state
         done = (state.iteration - 1) % (state.epoch_length or state.iteration) + 1
-        logger.info(self.line(done, state.epoch_length, _name(state.output, self.key), now - self.last, now - self.start))
+        logger.info(
+            self.line(
+                done,
+                state.epoch_length,
+                _name(state.output, self.key),
+                now - self.last,
+                now - self.start,
+            )
+        )
         self.last = now

@@ -69,17 +69,34 @@ class GPUPatchSampler:
         seed: int = 0,
     ) -> None:
         if batch_size % crops_per_volume:
-            raise ValueError(f"batch_size ({batch_size}) must be a multiple of crops_per_volume ({crops_per_volume}).")
+            raise ValueError(
+                f"batch_size ({batch_size}) must be a multiple of crops_per_volume ({crops_per_volume})."
+            )
         self.dataset, self.roi_size = dataset, tuple(int(r) for r in roi_size)
-        self.batch_size, self.crops_per_volume, self.epoch_length = batch_size, crops_per_volume, epoch_length
-        self.pos_fraction, self.rotate_range, self.scale_range = pos_fraction, tuple(rotate_range), scale_range
-        self.affine_prob, self.spacing, self.augment = affine_prob, tuple(float(s) for s in spacing), augment
+        self.batch_size, self.crops_per_volume, self.epoch_length = (
+            batch_size,
+            crops_per_volume,
+            epoch_length,
+        )
+        self.pos_fraction, self.rotate_range, self.scale_range = (
+            pos_fraction,
+            tuple(rotate_range),
+            scale_range,
+        )
+        self.affine_prob, self.spacing, self.augment = (
+            affine_prob,
+            tuple(float(s) for s in spacing),
+            augment,
+        )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.rng = random.Random(seed)
         self.volumes: list[dict] = []
         offsets = torch.stack(
-            torch.meshgrid(*[torch.arange(r, dtype=torch.float32) - (r - 1) / 2 for r in self.roi_size], indexing="ij"),
+            torch.meshgrid(
+                *[torch.arange(r, dtype=torch.float32) - (r - 1) / 2 for r in self.roi_size],
+                indexing="ij",
+            ),
             dim=-1,
         )
         self._offsets = offsets.to(self.device)  # (*roi, 3) voxel offsets from the crop centre
@@ -92,9 +109,17 @@ class GPUPatchSampler:
             image = torch.as_tensor(item["image"]).float()
             label = torch.as_tensor(item["label"]).long()
             if image.ndim != 4 or label.shape != image.shape:
-                raise ValueError(f"expected channel-first 3D image and label of one shape, got {tuple(image.shape)}.")
+                raise ValueError(
+                    f"expected channel-first 3D image and label of one shape, got {tuple(image.shape)}."
+                )
             flat = label[0].reshape(-1)
-            organs = [idx for idx in (torch.nonzero(flat == c).flatten() for c in range(1, int(flat.max()) + 1)) if len(idx)]
+            organs = [
+                idx
+                for idx in (
+                    torch.nonzero(flat == c).flatten() for c in range(1, int(flat.max()) + 1)
+                )
+                if len(idx)
+            ]
             counts = torch.tensor([len(idx) for idx in organs], dtype=torch.long)
             self.volumes.append(
                 {
@@ -115,22 +140,34 @@ class GPUPatchSampler:
         anywhere = (torch.rand(n, 3, generator=g, device=dev) * shape).floor()
         if not vol["n_organs"]:
             return anywhere
-        pick = torch.randint(vol["n_organs"], (n,), generator=g, device=dev)  # organs equally likely
+        pick = torch.randint(
+            vol["n_organs"], (n,), generator=g, device=dev
+        )  # organs equally likely
         offset = (torch.rand(n, generator=g, device=dev) * vol["organ_count"][pick]).long()
         flat = vol["organ_voxels"][vol["organ_start"][pick] + offset]
-        organ = torch.stack([flat // (shape[2] * shape[1]), (flat // shape[2]) % shape[1], flat % shape[2]], 1)
+        organ = torch.stack(
+            [flat // (shape[2] * shape[1]), (flat // shape[2]) % shape[1], flat % shape[2]], 1
+        )
         pos = torch.rand(n, 1, generator=g, device=dev) < self.pos_fraction
         return torch.where(pos, organ.float(), anywhere)
 
     def _affines(self, n: int) -> torch.Tensor:
         """Random rotation-scaling matrices in voxel units (identity with probability 1 - affine_prob)."""
         g, dev = self.generator, self.device
-        angles = (torch.rand(n, 3, generator=g, device=dev) * 2 - 1) * torch.tensor(self.rotate_range, device=dev)
+        angles = (torch.rand(n, 3, generator=g, device=dev) * 2 - 1) * torch.tensor(
+            self.rotate_range, device=dev
+        )
         cos, sin = angles.cos(), angles.sin()
         one, zero = torch.ones(n, device=dev), torch.zeros(n, device=dev)
-        rx = torch.stack([one, zero, zero, zero, cos[:, 0], -sin[:, 0], zero, sin[:, 0], cos[:, 0]], 1).view(n, 3, 3)
-        ry = torch.stack([cos[:, 1], zero, sin[:, 1], zero, one, zero, -sin[:, 1], zero, cos[:, 1]], 1).view(n, 3, 3)
-        rz = torch.stack([cos[:, 2], -sin[:, 2], zero, sin[:, 2], cos[:, 2], zero, zero, zero, one], 1).view(n, 3, 3)
+        rx = torch.stack(
+            [one, zero, zero, zero, cos[:, 0], -sin[:, 0], zero, sin[:, 0], cos[:, 0]], 1
+        ).view(n, 3, 3)
+        ry = torch.stack(
+            [cos[:, 1], zero, sin[:, 1], zero, one, zero, -sin[:, 1], zero, cos[:, 1]], 1
+        ).view(n, 3, 3)
+        rz = torch.stack(
+            [cos[:, 2], -sin[:, 2], zero, sin[:, 2], cos[:, 2], zero, zero, zero, one], 1
+        ).view(n, 3, 3)
         scale = 1 + (torch.rand(n, 3, generator=g, device=dev) * 2 - 1) * self.scale_range
         spacing = torch.tensor(self.spacing, device=dev)
         mm = rz @ ry @ rx @ torch.diag_embed(scale)
@@ -140,10 +177,18 @@ class GPUPatchSampler:
 
     def _crops(self, vol: dict, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         centres, affines = self._centres(vol, n), self._affines(n)
-        points = centres.view(n, 1, 1, 1, 3) + torch.einsum("nij,xyzj->nxyzi", affines, self._offsets)
-        grid = (points / (vol["shape"] - 1).clamp_min(1) * 2 - 1).flip(-1)  # grid_sample wants (z, y, x)
-        image = F.grid_sample(vol["image"].expand(n, -1, -1, -1, -1), grid, "bilinear", "zeros", align_corners=True)
-        label = F.grid_sample(vol["label"].expand(n, -1, -1, -1, -1), grid, "nearest", "zeros", align_corners=True)
+        points = centres.view(n, 1, 1, 1, 3) + torch.einsum(
+            "nij,xyzj->nxyzi", affines, self._offsets
+        )
+        grid = (points / (vol["shape"] - 1).clamp_min(1) * 2 - 1).flip(
+            -1
+        )  # grid_sample wants (z, y, x)
+        image = F.grid_sample(
+            vol["image"].expand(n, -1, -1, -1, -1), grid, "bilinear", "zeros", align_corners=True
+        )
+        label = F.grid_sample(
+            vol["label"].expand(n, -1, -1, -1, -1), grid, "nearest", "zeros", align_corners=True
+        )
         return image, label
 
     def batch(self) -> dict[str, torch.Tensor]:
@@ -174,8 +219,15 @@ class TrainingLog:
         interval: iterations between loss records (each one synchronizes the device once).
     """
 
-    def __init__(self, path: str, validator=None, metric: str = "val_mean_dice", interval: int = 50) -> None:
-        self.path, self.validator, self.metric, self.interval = Path(path), validator, metric, interval
+    def __init__(
+        self, path: str, validator=None, metric: str = "val_mean_dice", interval: int = 50
+    ) -> None:
+        self.path, self.validator, self.metric, self.interval = (
+            Path(path),
+            validator,
+            metric,
+            interval,
+        )
         self.record: dict = {"loss": [], "val": [], "iterations": 0, "seconds": 0.0}
         self._start = None
 
@@ -196,7 +248,11 @@ class TrainingLog:
         self._start = time.perf_counter()
 
     def _loss(self, engine) -> None:
-        loss = engine.state.output[0]["loss"] if isinstance(engine.state.output, list) else engine.state.output["loss"]
+        loss = (
+            engine.state.output[0]["loss"]
+            if isinstance(engine.state.output, list)
+            else engine.state.output["loss"]
+        )
         self.record["loss"].append([engine.state.iteration, self._elapsed(), float(loss)])
 
     def _val(self, validator) -> None:

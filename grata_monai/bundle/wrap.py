@@ -30,8 +30,16 @@ from grata_monai import defaults
 from grata_monai.adaptive import AdaptiveInferer, unwrap_network
 from grata_monai.norms import find_norm_layers
 
-__all__ = ["WrapError", "Wrapped", "SETTINGS", "STRICT_INITIALIZE", "read_bundle", "strict_initialize", "wrap",
-           "wrap_command"]
+__all__ = [
+    "WrapError",
+    "Wrapped",
+    "SETTINGS",
+    "STRICT_INITIALIZE",
+    "read_bundle",
+    "strict_initialize",
+    "wrap",
+    "wrap_command",
+]
 
 INFERER_TARGET = "grata_monai.GraTaInferer"
 HANDLER_TARGET = "grata_monai.bundle.handlers.AuditReportHandler"
@@ -53,7 +61,9 @@ STRICT_INITIALIZE = [
     "$grata_console.setup()",
     "$grata_overrides.check()",
 ]
-_SLIDING_KEYS = [k for k in inspect.signature(SlidingWindowInferer).parameters if k not in ("args", "kwargs")]
+_SLIDING_KEYS = [
+    k for k in inspect.signature(SlidingWindowInferer).parameters if k not in ("args", "kwargs")
+]
 _SAVE_DEFAULTS = {k: p.default for k, p in inspect.signature(SaveImaged).parameters.items()}
 
 
@@ -71,17 +81,26 @@ class Wrapped:
     notes: list[str] = field(default_factory=list)
 
     def message(self) -> str:
-        lines = [f"wrote {self.path}", *(f"- {n}" for n in self.notes), "run it with:", f"  {self.command}"]
+        lines = [
+            f"wrote {self.path}",
+            *(f"- {n}" for n in self.notes),
+            "run it with:",
+            f"  {self.command}",
+        ]
         return "\n".join(lines)
 
 
-def read_bundle(bundle_dir: str | Path, config_files: Sequence[str] = ("configs/inference.json",)) -> ConfigParser:
+def read_bundle(
+    bundle_dir: str | Path, config_files: Sequence[str] = ("configs/inference.json",)
+) -> ConfigParser:
     """The bundle's configs (and metadata) merged by MONAI's ``ConfigParser``, ``bundle_root`` set to the folder."""
     bundle_dir = Path(bundle_dir)
     files = [bundle_dir / f for f in config_files]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise WrapError(f"no bundle config at {missing}; pass the bundle folder (holding configs/) and --config_file.")
+        raise WrapError(
+            f"no bundle config at {missing}; pass the bundle folder (holding configs/) and --config_file."
+        )
     parser = ConfigParser()
     parser.read_config([str(f) for f in files])
     if (bundle_dir / "configs" / "metadata.json").is_file():
@@ -114,12 +133,16 @@ def check_network(parser: ConfigParser) -> int:
     """
     key = "network_def" if parser.get("network_def") is not None else "network"
     if parser.get(key) is None:
-        raise WrapError("the bundle has no 'network_def' (or 'network') id; add one that builds the network.")
+        raise WrapError(
+            "the bundle has no 'network_def' (or 'network') id; add one that builds the network."
+        )
     try:
         network = unwrap_network(parser.get_parsed_content(key))
     except Exception as e:  # noqa: BLE001 - any failure of the bundle's own config
-        raise WrapError(f"could not build the bundle's '{key}' ({type(e).__name__}: {e}); it must build here "
-                        "(install the packages its _target_ needs).") from e
+        raise WrapError(
+            f"could not build the bundle's '{key}' ({type(e).__name__}: {e}); it must build here "
+            "(install the packages its _target_ needs)."
+        ) from e
     layers = find_norm_layers(network)
     if not layers:
         raise WrapError(
@@ -136,7 +159,9 @@ def _metadata_roi(parser: ConfigParser) -> list[int] | None:
     return list(shape) if shape and all(isinstance(s, int) for s in shape) else None
 
 
-def sliding_settings(parser: ConfigParser, roi_size: Sequence[int] | None = None) -> tuple[dict, str]:
+def sliding_settings(
+    parser: ConfigParser, roi_size: Sequence[int] | None = None
+) -> tuple[dict, str]:
     """The sliding-window settings of the bundle's ``inferer`` (raw config values, so references
     such as ``@roi_size`` still follow command-line overrides) and a note saying where they came from.
 
@@ -144,8 +169,10 @@ def sliding_settings(parser: ConfigParser, roi_size: Sequence[int] | None = None
         WrapError: no ``inferer`` id, or one we cannot take settings from.
     """
     if parser.get("inferer") is None:
-        raise WrapError("the bundle has no 'inferer' id (the id MONAI Label, MONAI Deploy and our overlay replace). "
-                        "Fix: define 'inferer' (e.g. a SlidingWindowInferer) and make the evaluator use '@inferer'.")
+        raise WrapError(
+            "the bundle has no 'inferer' id (the id MONAI Label, MONAI Deploy and our overlay replace). "
+            "Fix: define 'inferer' (e.g. a SlidingWindowInferer) and make the evaluator use '@inferer'."
+        )
     try:
         inferer = parser.get_parsed_content("inferer")
     except Exception as e:  # noqa: BLE001
@@ -157,27 +184,44 @@ def sliding_settings(parser: ConfigParser, roi_size: Sequence[int] | None = None
         if isinstance(raw, dict) and "_target_" in raw:
             settings = {k: v for k, v in raw.items() if k in _SLIDING_KEYS}
         else:
-            settings = {"roi_size": list(inferer.roi_size), "sw_batch_size": inferer.sw_batch_size,
-                        "overlap": inferer.overlap, "mode": str(getattr(inferer.mode, "value", inferer.mode))}
+            settings = {
+                "roi_size": list(inferer.roi_size),
+                "sw_batch_size": inferer.sw_batch_size,
+                "overlap": inferer.overlap,
+                "mode": str(getattr(inferer.mode, "value", inferer.mode)),
+            }
         note = f"kept the bundle's {name} settings: {json.dumps(settings)}"
         if roi_size is not None:
             settings["roi_size"] = list(roi_size)
             note += f"; roi_size {list(roi_size)} from --roi_size"
         return settings, note
     if isinstance(inferer, SimpleInferer):
-        roi, why = (list(roi_size), "--roi_size") if roi_size is not None else (_metadata_roi(parser), None)
+        roi, why = (
+            (list(roi_size), "--roi_size")
+            if roi_size is not None
+            else (_metadata_roi(parser), None)
+        )
         if roi is None:
-            raise WrapError("the bundle's inferer is a SimpleInferer (whole input at once) and its metadata gives no "
-                            "integer network_data_format.inputs.*.spatial_shape; GraTa adapts on patches and infers "
-                            "with sliding windows. Fix: pass --roi_size, e.g. --roi_size \"[96,96,96]\".")
-        why = why or "the network's declared input shape (metadata network_data_format.inputs.*.spatial_shape)"
+            raise WrapError(
+                "the bundle's inferer is a SimpleInferer (whole input at once) and its metadata gives no "
+                "integer network_data_format.inputs.*.spatial_shape; GraTa adapts on patches and infers "
+                'with sliding windows. Fix: pass --roi_size, e.g. --roi_size "[96,96,96]".'
+            )
+        why = (
+            why
+            or "the network's declared input shape (metadata network_data_format.inputs.*.spatial_shape)"
+        )
         settings = {"roi_size": roi, "sw_batch_size": 1, "overlap": defaults.OVERLAP}
-        return settings, (f"the bundle's SimpleInferer ran the whole input; GraTa uses sliding windows of roi_size "
-                          f"{roi} from {why} (one window when preprocessing already gives inputs that shape), "
-                          f"overlap {defaults.OVERLAP}; pass --roi_size to choose another")
-    raise WrapError(f"the bundle's inferer is a {name}; wrap takes settings from a SlidingWindowInferer or a "
-                    "SimpleInferer. Fix: make 'inferer' a SlidingWindowInferer with the roi_size, sw_batch_size and "
-                    "overlap you use, or write the GraTaInferer config by hand (docs/any-bundle.md).")
+        return settings, (
+            f"the bundle's SimpleInferer ran the whole input; GraTa uses sliding windows of roi_size "
+            f"{roi} from {why} (one window when preprocessing already gives inputs that shape), "
+            f"overlap {defaults.OVERLAP}; pass --roi_size to choose another"
+        )
+    raise WrapError(
+        f"the bundle's inferer is a {name}; wrap takes settings from a SlidingWindowInferer or a "
+        "SimpleInferer. Fix: make 'inferer' a SlidingWindowInferer with the roi_size, sw_batch_size and "
+        "overlap you use, or write the GraTaInferer config by hand (docs/any-bundle.md)."
+    )
 
 
 def _is_audit_handler(item: Any) -> bool:
@@ -187,7 +231,13 @@ def _is_audit_handler(item: Any) -> bool:
 def _save_transform(parser: ConfigParser) -> dict | None:
     """The raw config of the enabled ``SaveImaged`` in ``postprocessing``, if any."""
     post = _deref(parser, parser.get("postprocessing"))
-    transforms = post.get("transforms", []) if isinstance(post, dict) else post if isinstance(post, list) else []
+    transforms = (
+        post.get("transforms", [])
+        if isinstance(post, dict)
+        else post
+        if isinstance(post, list)
+        else []
+    )
     for t in (_deref(parser, t) for t in transforms):
         enabled = isinstance(t, dict) and t.get("_disabled_") not in (True, "true", "True")
         if enabled and str(t.get("_target_", "")).split(".")[-1] == "SaveImaged":
@@ -202,16 +252,25 @@ def audit_overlay(parser: ConfigParser) -> tuple[dict, str]:
         WrapError: the evaluator does not use ``@inferer``, so the replacement would not be used.
     """
     if not isinstance(parser.get("evaluator"), dict):
-        return {}, "no 'evaluator' id: no audit reports (hosts that call 'inferer' directly still adapt)"
+        return (
+            {},
+            "no 'evaluator' id: no audit reports (hosts that call 'inferer' directly still adapt)",
+        )
     used = parser.get("evaluator#inferer")
     if not (isinstance(used, str) and re.search(r"@inferer\b(?!#)", used)):
-        raise WrapError(f"the evaluator's inferer is {used!r}, not '@inferer', so it would not use GraTa. "
-                        "Fix: set \"evaluator#inferer\": \"@inferer\" in the bundle's config.")
+        raise WrapError(
+            f"the evaluator's inferer is {used!r}, not '@inferer', so it would not use GraTa. "
+            'Fix: set "evaluator#inferer": "@inferer" in the bundle\'s config.'
+        )
     save = _save_transform(parser)
     if save is None:
         return {}, "no enabled SaveImaged in 'postprocessing': no audit reports written"
     target, handlers = "evaluator#val_handlers", parser.get("evaluator#val_handlers")
-    while isinstance(handlers, str) and handlers.startswith("@") and parser.get(handlers[1:]) is not None:
+    while (
+        isinstance(handlers, str)
+        and handlers.startswith("@")
+        and parser.get(handlers[1:]) is not None
+    ):
         target, handlers = handlers[1:], parser.get(handlers[1:])
     if isinstance(handlers, list) and any(_is_audit_handler(_deref(parser, h)) for h in handlers):
         return {}, "the evaluator already has an AuditReportHandler: kept it"
@@ -232,7 +291,10 @@ def audit_overlay(parser: ConfigParser) -> tuple[dict, str]:
     else:
         original = _fragment(parser.get("evaluator#val_handlers"))
         overlay["evaluator#val_handlers"] = f"$list({original}) + [@{HANDLER_ID}]"
-    return overlay, "an audit report (<input>_<output_postfix>_report.json) is written beside each segmentation"
+    return (
+        overlay,
+        "an audit report (<input>_<output_postfix>_report.json) is written beside each segmentation",
+    )
 
 
 def strict_initialize(parser: ConfigParser) -> dict:
@@ -280,25 +342,37 @@ def wrap(
     try:
         parser.get_parsed_content("grata_check")
     except Exception as e:  # noqa: BLE001
-        raise WrapError(f"GraTa settings {settings} do not build a GraTaInferer ({type(e).__name__}: {e}).") from e
+        raise WrapError(
+            f"GraTa settings {settings} do not build a GraTaInferer ({type(e).__name__}: {e})."
+        ) from e
     strict = strict_initialize(parser)
     overlay = {"inferer": inferer, **audit, **strict}
-    notes = [f"GraTa adapts the affine parameters of {n_layers} normalization layers", sliding_note, audit_note]
+    notes = [
+        f"GraTa adapts the affine parameters of {n_layers} normalization layers",
+        sliding_note,
+        audit_note,
+    ]
     if strict:
-        notes.append("a command-line option that names no setting of the configs stops the run (strict options)")
+        notes.append(
+            "a command-line option that names no setting of the configs stops the run (strict options)"
+        )
     if copy_to is not None:
         return _write_copy(bundle_dir, files, overlay, Path(copy_to), notes)
     path = Path(out) if out is not None else bundle_dir / "configs" / "grata.json"
     if path.exists() and not overwrite:
-        raise WrapError(f"'{path}' already exists; pass --overwrite to replace it or --out to write elsewhere.")
+        raise WrapError(
+            f"'{path}' already exists; pass --overwrite to replace it or --out to write elsewhere."
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(overlay, indent=4) + "\n")
     configs = ",".join(f"'{bundle_dir / f}'" for f in files) + f",'{path}'"
-    command = f"python -m monai.bundle run --config_file \"[{configs}]\" --bundle_root {bundle_dir}"
+    command = f'python -m monai.bundle run --config_file "[{configs}]" --bundle_root {bundle_dir}'
     return Wrapped(overlay, path, command, notes)
 
 
-def _write_copy(bundle_dir: Path, files: list[str], overlay: dict, dest: Path, notes: list[str]) -> Wrapped:
+def _write_copy(
+    bundle_dir: Path, files: list[str], overlay: dict, dest: Path, notes: list[str]
+) -> Wrapped:
     """Copy the bundle to ``dest`` and write the merged config as its ``configs/inference.json``."""
     if dest.exists():
         raise WrapError(f"'{dest}' already exists; --copy_to needs a new folder.")
@@ -344,7 +418,9 @@ def wrap_command(
             (the defaults are ``grata_monai.bundle.wrap.SETTINGS``).
     """
     try:
-        print(wrap(bundle_dir, out, overwrite, config_file, roi_size, copy_to, **settings).message())
+        print(
+            wrap(bundle_dir, out, overwrite, config_file, roi_size, copy_to, **settings).message()
+        )
     except WrapError as e:
         print(f"grata-monai wrap: nothing written: {e}", file=sys.stderr)
         sys.exit(2)

@@ -37,7 +37,10 @@ from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application, Image, Operator, OperatorSpec
 from monai.deploy.core.io_type import IOType
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
-from monai.deploy.operators.dicom_seg_writer_operator import DICOMSegmentationWriterOperator, SegmentDescription
+from monai.deploy.operators.dicom_seg_writer_operator import (
+    DICOMSegmentationWriterOperator,
+    SegmentDescription,
+)
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
 from monai.deploy.operators.monai_bundle_inference_operator import (
@@ -69,8 +72,12 @@ REPORT_NAME = "seg_report.json"  # the audit report, beside the SEG and seg.nii.
 # What every CPU run logs and nobody can act on: the SDK's notes on its GPU-only nvImageCodec decoder
 # (Python logging, filtered), Holoscan's CUDA-driver warning and its closing "Scheduler stopped ...
 # deadlock" line (how its greedy scheduler reports a finished graph; C++ log, kept to errors).
-KNOWN_NOISE = ("nvimgcodec decoder plugin did not register", "Module nvidia.nvimgcodec is not available",
-               "CUDA driver version is insufficient", "no periodic or async entities to get out of the deadlock")
+KNOWN_NOISE = (
+    "nvimgcodec decoder plugin did not register",
+    "Module nvidia.nvimgcodec is not available",
+    "CUDA driver version is insufficient",
+    "no periodic or async entities to get out of the deadlock",
+)
 
 # Select CT or MR image series (the first that matches when a study holds several).
 SERIES_RULES = json.dumps(
@@ -147,7 +154,12 @@ class GraTaBundleOperator(MonaiBundleInferenceOperator):
         outputs = super().predict(data, *args, **kwargs)
         for report in reports_of(outputs)[:1]:
             written = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            record = {"input": str(self.input_folder), "written_utc": written, "versions": versions(), **report}
+            record = {
+                "input": str(self.input_folder),
+                "written_utc": written,
+                "versions": versions(),
+                **report,
+            }
             self.output_folder.mkdir(parents=True, exist_ok=True)
             path = self.output_folder / REPORT_NAME
             path.write_text(json.dumps(record, indent=1))
@@ -174,7 +186,9 @@ class NiftiWriterOperator(Operator):
         meta = image.metadata() or {}
         affine = meta.get("original_affine", meta.get("affine"))
         affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
-        array = np.swapaxes(np.asarray(image.asnumpy()), 0, 2).astype(np.uint8)  # DHW -> WHD (NIfTI i, j, k)
+        array = np.swapaxes(np.asarray(image.asnumpy()), 0, 2).astype(
+            np.uint8
+        )  # DHW -> WHD (NIfTI i, j, k)
         self.output_folder.mkdir(parents=True, exist_ok=True)
         path = self.output_folder / "seg.nii.gz"
         nib.save(nib.Nifti1Image(array, affine), str(path))
@@ -191,7 +205,9 @@ class GraTaSegApp(Application):
         bundle: the bundle (folder or ``model.ts``) when it is not the app's model path.
     """
 
-    def __init__(self, argv: list[str] | None = None, bundle: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, argv: list[str] | None = None, bundle: str | os.PathLike | None = None
+    ) -> None:
         self._argv, self._bundle = argv, bundle
         self.output_folder: Path | None = None  # set when the app is composed (at run)
         super().__init__()
@@ -210,9 +226,13 @@ class GraTaSegApp(Application):
             # load its models/model.ts itself.
             context.models = None
         else:
-            bundle = None  # model.ts (or a MAP's model folder): configs embedded, model from the context
+            bundle = (
+                None  # model.ts (or a MAP's model folder): configs embedded, model from the context
+            )
 
-        loader = DICOMLoaderOperator(self, CountCondition(self, 1), input_folder=input_path, name="loader")
+        loader = DICOMLoaderOperator(
+            self, CountCondition(self, 1), input_folder=input_path, name="loader"
+        )
         selector = DICOMSeriesSelectorOperator(self, rules=SERIES_RULES, name="selector")
         to_volume = DICOMSeriesToVolumeOperator(self, name="to_volume")
         infer = GraTaBundleOperator(
@@ -237,10 +257,14 @@ class GraTaSegApp(Application):
         nifti_writer = NiftiWriterOperator(self, output_folder=output_path, name="nifti_writer")
 
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
-        self.add_flow(selector, to_volume, {("study_selected_series_list", "study_selected_series_list")})
+        self.add_flow(
+            selector, to_volume, {("study_selected_series_list", "study_selected_series_list")}
+        )
         self.add_flow(to_volume, infer, {("image", "image")})
         self.add_flow(infer, seg_writer, {("pred", "seg_image")})
-        self.add_flow(selector, seg_writer, {("study_selected_series_list", "study_selected_series_list")})
+        self.add_flow(
+            selector, seg_writer, {("study_selected_series_list", "study_selected_series_list")}
+        )
         self.add_flow(infer, nifti_writer, {("pred", "seg_image")})
 
 
@@ -306,9 +330,15 @@ def summary(output: Path, seconds: float) -> str:
         return f"no DICOM SEG written in {output} after {seconds:.0f} s (see the log above)"
     report_path = output / REPORT_NAME
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    adapted = f"{len(report.get('steps', []))} GraTa step(s), guard {report.get('guard')}" if report else "no report"
-    return (f"done in {seconds:.0f} s: DICOM SEG {segs[-1]}, NIfTI {output / 'seg.nii.gz'}, report {report_path} "
-            f"({adapted})")
+    adapted = (
+        f"{len(report.get('steps', []))} GraTa step(s), guard {report.get('guard')}"
+        if report
+        else "no report"
+    )
+    return (
+        f"done in {seconds:.0f} s: DICOM SEG {segs[-1]}, NIfTI {output / 'seg.nii.gz'}, report {report_path} "
+        f"({adapted})"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,8 +8,8 @@ import os
 import zipfile
 from pathlib import Path
 
-from pydicom.sr.coding import Code
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 from grata_monai.defaults import ORGANS
 
@@ -22,7 +22,9 @@ SEGMENT_CODES: dict[str, Code] = dict(
         ORGANS,
         (
             codes.SCT.Liver,
-            Code("9846003", "SCT", "Right kidney"),  # sided kidneys are not in pydicom's code dictionary
+            Code(
+                "9846003", "SCT", "Right kidney"
+            ),  # sided kidneys are not in pydicom's code dictionary
             Code("18639004", "SCT", "Left kidney"),
             codes.SCT.Spleen,
         ),
@@ -42,10 +44,17 @@ def bundle_metadata(model_path: str | os.PathLike) -> dict:
         FileNotFoundError: no metadata found; the message says where it looked.
     """
     path = Path(model_path).expanduser()
-    for candidate in (path / "configs" / "metadata.json", path.parent / "configs" / "metadata.json"):
+    for candidate in (
+        path / "configs" / "metadata.json",
+        path.parent / "configs" / "metadata.json",
+    ):
         if candidate.is_file():
             return json.loads(candidate.read_text())
-    ts_files = [path] if path.is_file() else [p for pattern in ("*.ts", "*/*.ts") for p in sorted(path.glob(pattern))]
+    ts_files = (
+        [path]
+        if path.is_file()
+        else [p for pattern in ("*.ts", "*/*.ts") for p in sorted(path.glob(pattern))]
+    )
     for ts in ts_files:
         if zipfile.is_zipfile(ts):
             with zipfile.ZipFile(ts) as z:

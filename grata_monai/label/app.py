@@ -38,7 +38,13 @@ from grata_monai.audit import reports_of
 from grata_monai.bundle.checks import UnusableInput, unreadable
 from grata_monai.bundle.console import quiet, stop_reason
 
-__all__ = ["REPORT_FIELD", "GraTaInferTask", "GraTaLabelApp", "infer_off_the_event_loop", "write_app"]
+__all__ = [
+    "REPORT_FIELD",
+    "GraTaInferTask",
+    "GraTaLabelApp",
+    "infer_off_the_event_loop",
+    "write_app",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +66,9 @@ class _ReadOrRefuse:
             return self.load(data)
         except Exception as error:
             path = str(data.get(self.key, ""))
-            raise UnusableInput(unreadable(error, path).replace(path, os.path.basename(path))) from error
+            raise UnusableInput(
+                unreadable(error, path).replace(path, os.path.basename(path))
+            ) from error
 
 
 class GraTaInferTask(BundleInferTask):
@@ -72,23 +80,37 @@ class GraTaInferTask(BundleInferTask):
         super().__init__(path, conf, **kwargs)
 
     def pre_transforms(self, data: dict | None = None) -> Sequence[Callable]:
-        return [_ReadOrRefuse(t, self.input_key) if isinstance(t, LoadImaged) or type(t).__name__ == "LoadImageTensord"
-                else t for t in super().pre_transforms(data)]
+        return [
+            _ReadOrRefuse(t, self.input_key)
+            if isinstance(t, LoadImaged) or type(t).__name__ == "LoadImageTensord"
+            else t
+            for t in super().pre_transforms(data)
+        ]
 
-    def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
+    def run_inferer(
+        self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda"
+    ) -> dict[str, Any]:
         data = super().run_inferer(data, convert_to_batch, device)
         reports = reports_of(data[self.output_label_key])
         if reports:
             report = reports[0]
             data[REPORT_FIELD] = report
-            cosines = [round(s["cosine"], 4) for s in report.get("steps", []) if s.get("cosine") is not None]
-            logger.info(f"GraTa report: {len(report.get('steps', []))} step(s), cosine {cosines}, "
-                        f"guard {report.get('guard')}, domain distance {report.get('domain_distance')}, "
-                        f"volume statistics weight {report.get('volume_statistics_weight')}, "
-                        f"adapted in {report.get('adapt_seconds', 0.0):.2f} s")
+            cosines = [
+                round(s["cosine"], 4)
+                for s in report.get("steps", [])
+                if s.get("cosine") is not None
+            ]
+            logger.info(
+                f"GraTa report: {len(report.get('steps', []))} step(s), cosine {cosines}, "
+                f"guard {report.get('guard')}, domain distance {report.get('domain_distance')}, "
+                f"volume statistics weight {report.get('volume_statistics_weight')}, "
+                f"adapted in {report.get('adapt_seconds', 0.0):.2f} s"
+            )
         return data
 
-    def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
+    def writer(
+        self, data: dict[str, Any], extension: str | None = None, dtype: Any = None
+    ) -> tuple[Any, Any]:
         label, result = super().writer(data, extension, np.uint8 if dtype is None else dtype)
         if REPORT_FIELD in data:
             result[REPORT_FIELD] = data[REPORT_FIELD]
@@ -115,19 +137,31 @@ def infer_off_the_event_loop() -> bool:
     """
     from monailabel.endpoints import infer as endpoint
 
-    routes = endpoint.router.routes  # the app includes this router (FastAPI reads it at request time)
+    routes = (
+        endpoint.router.routes
+    )  # the app includes this router (FastAPI reads it at request time)
     for i, route in enumerate(routes):
         if isinstance(route, APIRoute) and route.endpoint is endpoint.api_run_inference:
             signature = inspect.signature(route.endpoint)
 
             def api_run_inference(**kwargs: Any) -> Any:
-                kwargs.pop("user", None)  # checked by its dependency; run_inference does not take it
+                kwargs.pop(
+                    "user", None
+                )  # checked by its dependency; run_inference does not take it
                 return endpoint.run_inference(**kwargs)
 
             api_run_inference.__signature__ = signature  # FastAPI reads the parameters from here
-            routes[i] = APIRoute(route.path, api_run_inference, methods=list(route.methods),
-                                 summary=route.summary, tags=route.tags, responses=route.responses)
-            logger.info("POST /infer/{model} runs in worker threads: other requests are served meanwhile")
+            routes[i] = APIRoute(
+                route.path,
+                api_run_inference,
+                methods=list(route.methods),
+                summary=route.summary,
+                tags=route.tags,
+                responses=route.responses,
+            )
+            logger.info(
+                "POST /infer/{model} runs in worker threads: other requests are served meanwhile"
+            )
             return True
     return False
 
@@ -140,18 +174,28 @@ class GraTaLabelApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         model_dir = Path(app_dir) / "model"
         folders = sorted(model_dir.iterdir()) if model_dir.is_dir() else []
-        self.bundles = {p.name: str(p) for p in folders if (p / "configs" / "inference.json").is_file()}
+        self.bundles = {
+            p.name: str(p) for p in folders if (p / "configs" / "inference.json").is_file()
+        }
         if not self.bundles:
             raise ValueError(f"no bundle under {model_dir} (a folder with configs/inference.json)")
-        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="GraTa bundles",
-                         description="MONAI bundles with GraTa test-time adaptation", version="1")
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="GraTa bundles",
+            description="MONAI bundles with GraTa test-time adaptation",
+            version="1",
+        )
         infer_off_the_event_loop()
 
     def init_infers(self) -> dict[str, InferTask]:
         return {name: GraTaInferTask(path, self.conf) for name, path in self.bundles.items()}
 
 
-def write_app(dest: str | os.PathLike, bundle: str | os.PathLike, name: str = "grata_abdomen") -> Path:
+def write_app(
+    dest: str | os.PathLike, bundle: str | os.PathLike, name: str = "grata_abdomen"
+) -> Path:
     """Write a MONAI Label app folder serving ``bundle`` as model ``name``: ``main.py`` and
     ``model/<name>/`` (a copy of the bundle). Refuses an existing ``model/<name>``.
 

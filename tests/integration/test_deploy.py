@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("monai.deploy.operators", reason="MONAI Deploy App SDK is not installed (run .ci/deploy.sh)")
+pytest.importorskip(
+    "monai.deploy.operators", reason="MONAI Deploy App SDK is not installed (run .ci/deploy.sh)"
+)
 hd = pytest.importorskip("highdicom")
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
@@ -30,7 +32,12 @@ ROOT = Path(__file__).resolve().parents[2]
 BUNDLE_DIR = Path(os.environ.get("GRATA_BUNDLE_DIR", ROOT / "bundle"))
 SAMPLE = BUNDLE_DIR / "sample" / "mr_01_image.nii.gz"
 SMALL = {"steps": 2, "patches_per_step": 2, "sw_batch_size": 2}
-ORGANS = ["liver", "right kidney", "left kidney", "spleen"]  # the bundle's channel_def, as a DICOM SEG shows it
+ORGANS = [
+    "liver",
+    "right kidney",
+    "left kidney",
+    "spleen",
+]  # the bundle's channel_def, as a DICOM SEG shows it
 
 
 def write_series(nifti: Path, folder: Path) -> list:
@@ -42,9 +49,16 @@ def write_series(nifti: Path, folder: Path) -> list:
     image = nib.load(nifti)
     data, ras = np.asarray(image.dataobj).astype(np.int16), image.affine
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras
-    row_dir, col_dir = lps[:3, 0] / np.linalg.norm(lps[:3, 0]), lps[:3, 1] / np.linalg.norm(lps[:3, 1])
-    spacing = [round(float(np.linalg.norm(lps[:3, c])), 4) for c in (1, 0)]  # between rows, between columns
-    study, series = (generate_uid(entropy_srcs=["grata-test", name]) for name in ("study", "series"))
+    row_dir, col_dir = (
+        lps[:3, 0] / np.linalg.norm(lps[:3, 0]),
+        lps[:3, 1] / np.linalg.norm(lps[:3, 1]),
+    )
+    spacing = [
+        round(float(np.linalg.norm(lps[:3, c])), 4) for c in (1, 0)
+    ]  # between rows, between columns
+    study, series = (
+        generate_uid(entropy_srcs=["grata-test", name]) for name in ("study", "series")
+    )
     folder.mkdir(parents=True)
     datasets = []
     for k in range(data.shape[2]):
@@ -52,19 +66,44 @@ def write_series(nifti: Path, folder: Path) -> list:
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = MRImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid(entropy_srcs=["grata-test", str(k)])
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Sample^MR01", "mr_01", "", "O"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.StudyID, ds.AccessionNumber = study, series, "1", ""
-        ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName, ds.Manufacturer = "20240101", "120000", "", "test"
-        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "MR", "", k + 1  # SeriesNumber empty (Type 2)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid(
+            entropy_srcs=["grata-test", str(k)]
+        )
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+            "Sample^MR01",
+            "mr_01",
+            "",
+            "O",
+        )
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.StudyID, ds.AccessionNumber = (
+            study,
+            series,
+            "1",
+            "",
+        )
+        ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName, ds.Manufacturer = (
+            "20240101",
+            "120000",
+            "",
+            "test",
+        )
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = (
+            "MR",
+            "",
+            k + 1,
+        )  # SeriesNumber empty (Type 2)
         ds.ImageOrientationPatient = [round(float(v), 6) for v in (*row_dir, *col_dir)]
-        ds.ImagePositionPatient = [round(float(v), 4) for v in (lps @ np.array([0.0, 0.0, k, 1.0]))[:3]]
+        ds.ImagePositionPatient = [
+            round(float(v), 4) for v in (lps @ np.array([0.0, 0.0, k, 1.0]))[:3]
+        ]
         ds.PixelSpacing, ds.SliceThickness = spacing, round(float(np.linalg.norm(lps[:3, 2])), 4)
         ds.Rows, ds.Columns = data.shape[1], data.shape[0]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleIntercept, ds.RescaleSlope = 0, 1
-        ds.PixelData = np.ascontiguousarray(data[:, :, k].T).tobytes()  # (row, column) = NIfTI (j, i)
+        ds.PixelData = np.ascontiguousarray(
+            data[:, :, k].T
+        ).tobytes()  # (row, column) = NIfTI (j, i)
         ds.save_as(folder / f"slice_{k:03d}.dcm", enforce_file_format=True)
         datasets.append(ds)
     return datasets
@@ -74,7 +113,12 @@ def write_series(nifti: Path, folder: Path) -> list:
 def app_run(tmp_path_factory):
     """Export model.ts (small settings), write the sample as a DICOM series, run the app on it; the
     output folder, the log, the series folder and its datasets."""
-    for name in ("configs/inference.json", "configs/metadata.json", "models/model.pt", "sample/mr_01_image.nii.gz"):
+    for name in (
+        "configs/inference.json",
+        "configs/metadata.json",
+        "models/model.pt",
+        "sample/mr_01_image.nii.gz",
+    ):
         if not (BUNDLE_DIR / name).is_file():
             pytest.skip(f"bundle file {BUNDLE_DIR / name} not found (set GRATA_BUNDLE_DIR)")
     tmp = tmp_path_factory.mktemp("deploy")
@@ -106,7 +150,9 @@ def _run_app(series: Path, out: Path, model: Path) -> subprocess.CompletedProces
     app = f"{sys.executable} -m grata_monai.deploy.app -i {series} -o {out} -m {model}"
     run = f"ulimit -s 32768 2>/dev/null; exec {app}"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(["bash", "-c", run], cwd=out.parent, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        ["bash", "-c", run], cwd=out.parent, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 def _seg(out: Path):
@@ -128,7 +174,11 @@ def test_app_writes_dicom_seg_nifti_and_report_and_says_so(app_run):
     assert report["input"] == str(series) and report["versions"]["grata-monai"] == __version__
     assert report["domain_distance"] is not None and report["source_sha256"]
     last = log.strip().splitlines()[-1]
-    assert last.startswith("done in ") and f"DICOM SEG {seg}" in last and str(out / "seg.nii.gz") in last
+    assert (
+        last.startswith("done in ")
+        and f"DICOM SEG {seg}" in last
+        and str(out / "seg.nii.gz") in last
+    )
     assert f"report {out / REPORT_NAME} ({SMALL['steps']} GraTa step(s), guard " in last
     assert "Traceback" not in log
     for noise in KNOWN_NOISE:
@@ -147,7 +197,10 @@ def test_dicom_seg_readable_with_segments_from_channel_def(app_run):
     assert labels == segment_labels(bundle_metadata(BUNDLE_DIR)) == ORGANS
     for item in seg.SegmentSequence:
         code = item.SegmentedPropertyTypeCodeSequence[0]
-        assert (code.CodeValue, code.CodingSchemeDesignator) == (SEGMENT_CODES[item.SegmentLabel].value, "SCT")
+        assert (code.CodeValue, code.CodingSchemeDesignator) == (
+            SEGMENT_CODES[item.SegmentLabel].value,
+            "SCT",
+        )
 
 
 def test_dicom_seg_geometry_matches_source_series(app_run):
@@ -160,7 +213,10 @@ def test_dicom_seg_geometry_matches_source_series(app_run):
     assert seg.NumberOfFrames == len(src) * len(ORGANS) == 37 * 4  # BINARY, empty frames kept
     assert seg.StudyInstanceUID == first.StudyInstanceUID
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
-    referenced = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    referenced = {
+        i.ReferencedSOPInstanceUID
+        for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    }
     assert referenced == {d.SOPInstanceUID for d in src}
 
     # The series has no FrameOfReferenceUID: the app derives one from the SeriesInstanceUID.
@@ -172,9 +228,13 @@ def test_dicom_seg_geometry_matches_source_series(app_run):
 
     shared = seg.SharedFunctionalGroupsSequence[0]
     orientation = shared.PlaneOrientationSequence[0].ImageOrientationPatient
-    np.testing.assert_allclose([float(v) for v in orientation], [float(v) for v in first.ImageOrientationPatient])
+    np.testing.assert_allclose(
+        [float(v) for v in orientation], [float(v) for v in first.ImageOrientationPatient]
+    )
     measures = shared.PixelMeasuresSequence[0]
-    np.testing.assert_allclose([float(v) for v in measures.PixelSpacing], [float(v) for v in first.PixelSpacing])
+    np.testing.assert_allclose(
+        [float(v) for v in measures.PixelSpacing], [float(v) for v in first.PixelSpacing]
+    )
 
     positions = {
         tuple(round(float(v), 3) for v in f.PlanePositionSequence[0].ImagePositionPatient)
@@ -197,9 +257,13 @@ def test_nifti_matches_dicom_seg_and_series(app_run):
     assert labels.shape == (256, 256, 37)
     assert set(np.unique(labels)) <= {0, 1, 2, 3, 4}
     # MONAI's reader stacks the slices in the opposite order: compare both in RAS.
-    reference = LoadImage(reader="PydicomReader", image_only=True, affine_lps_to_ras=True)(str(app_run[2]))
+    reference = LoadImage(reader="PydicomReader", image_only=True, affine_lps_to_ras=True)(
+        str(app_run[2])
+    )
     reference = Orientation("RAS")(reference[None])
-    np.testing.assert_allclose(nib.as_closest_canonical(nifti).affine, np.asarray(reference.affine), atol=1e-3)
+    np.testing.assert_allclose(
+        nib.as_closest_canonical(nifti).affine, np.asarray(reference.affine), atol=1e-3
+    )
 
     seg = hd.seg.segread(_seg(out))
     src = [pydicom.dcmread(f, stop_before_pixels=True) for f in check_series(app_run[2]).files]
@@ -234,8 +298,15 @@ def test_package_source_and_packager_cli(tmp_path):
     assert "monai-deploy-app-sdk==4.0.0" in requirements and "highdicom" in requirements
     # SDK 4.0 ships no `monai-deploy` command any more: its packager is holoscan-cli's `holoscan package`.
     cli = shutil.which("holoscan") or str(Path(sys.executable).with_name("holoscan"))
-    done = subprocess.run(["bash", "-c", f"ulimit -s 32768 2>/dev/null; {cli} package --help"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "--no-docker-build" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    done = subprocess.run(
+        ["bash", "-c", f"ulimit -s 32768 2>/dev/null; {cli} package --help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "--no-docker-build" in done.stdout, (
+        done.stdout[-2000:] + done.stderr[-2000:]
+    )
 
 
 def test_thin_series_is_refused_with_the_bundle_runs_reason(app_run, tmp_path):
@@ -251,11 +322,16 @@ def test_thin_series_is_refused_with_the_bundle_runs_reason(app_run, tmp_path):
     write_series(slab, tmp_path / "series")
     config = ConfigParser()
     config.read_config(str(BUNDLE_DIR / "configs" / "inference.json"))
-    intake = Intake([{"image": str(slab)}, {"image": str(SAMPLE)}], check=config.get_parsed_content("input_check"))
+    intake = Intake(
+        [{"image": str(slab)}, {"image": str(SAMPLE)}],
+        check=config.get_parsed_content("input_check"),
+    )
     reason = dict(intake.failed)[str(slab)]
     assert reason.startswith("too thin: 31 mm along S")
 
     done = _run_app(tmp_path / "series", tmp_path / "out", app_run[0].parent / "model.ts")
     assert done.returncode == 1, (done.stdout + done.stderr)[-3000:]
     assert done.stderr.strip().splitlines()[-1] == f"error: {reason}"
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "nothing is written"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), (
+        "nothing is written"
+    )

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-monailabel = pytest.importorskip("monailabel", reason="MONAI Label is not installed (run .ci/label.sh)")
+monailabel = pytest.importorskip(
+    "monailabel", reason="MONAI Label is not installed (run .ci/label.sh)"
+)
 nib = pytest.importorskip("nibabel")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,10 +53,12 @@ def label_app(tmp_path_factory):
     image = nib.load(SAMPLE)
     array, affine = np.asarray(image.dataobj), image.affine
     _save(studies / "mr_01_image.nii.gz", array, affine)
-    _save(studies / "mr_01_upper.nii.gz", array[:, :, array.shape[2] // 2:], affine)
+    _save(studies / "mr_01_upper.nii.gz", array[:, :, array.shape[2] // 2 :], affine)
     (studies / "notes.nii.gz").write_text("this is not an image\n")
     _save(studies / "flat.nii.gz", array[:, :, 18:19], affine)  # one slice
-    _save(studies / "slab.nii.gz", array[:, :, 16:20], np.diag([1.25, 1.25, 7.75, 1.0]))  # 4 slices, 31 mm
+    _save(
+        studies / "slab.nii.gz", array[:, :, 16:20], np.diag([1.25, 1.25, 7.75, 1.0])
+    )  # 4 slices, 31 mm
 
     from monailabel.config import settings
     from monailabel.interfaces.utils.app import app_instance
@@ -76,7 +80,9 @@ def _task(app):
 
 def _infer(app, image_id: str) -> tuple[np.ndarray, dict]:
     """One infer request as the /infer endpoint makes it: the label array (its file's dtype) and the result JSON."""
-    result = app.infer({"model": MODEL_NAME, "image": image_id, "device": "cpu", "save_label": False})
+    result = app.infer(
+        {"model": MODEL_NAME, "image": image_id, "device": "cpu", "save_label": False}
+    )
     return np.asarray(nib.load(result["file"]).dataobj), result["params"]
 
 
@@ -113,15 +119,22 @@ def test_infer_returns_uint8_adapted_segmentation_with_its_report(label_app, cap
         label, result = _infer(app, IMAGES[0])
 
     assert label.dtype == np.uint8, "the label file is uint8, as the bundle writes it"
-    assert label.shape[:3] == nib.load(studies / "mr_01_image.nii.gz").shape[:3], "restored to the input's grid"
+    assert label.shape[:3] == nib.load(studies / "mr_01_image.nii.gz").shape[:3], (
+        "restored to the input's grid"
+    )
     assert set(np.unique(label)) <= {0, 1, 2, 3, 4}
     assert (label == 1).sum() > 1000, "expected a liver on an abdominal MR"
     report = result[REPORT_FIELD]
     assert len(report["steps"]) == SMALL["steps"] and all("cosine" in s for s in report["steps"])
     assert report["guard"] is None or isinstance(report["guard"], str)
-    assert report["domain_distance"] is not None, "the bundle's norm_stats='auto' measures the domain distance"
+    assert report["domain_distance"] is not None, (
+        "the bundle's norm_stats='auto' measures the domain distance"
+    )
     assert report["source_sha256"] == checksum(network)
-    assert any(r.getMessage().startswith(f"GraTa report: {SMALL['steps']} step(s), cosine [") for r in caplog.records)
+    assert any(
+        r.getMessage().startswith(f"GraTa report: {SMALL['steps']} step(s), cosine [")
+        for r in caplog.records
+    )
 
     assert task._get_network("cpu", {}) is network, "MONAI Label reuses its cached network"
     after = network.state_dict()
@@ -155,7 +168,9 @@ def test_concurrent_requests_match_sequential(label_app):
     assert not errors, errors
     assert sequential[0].shape != sequential[1].shape
     for i in range(len(IMAGES)):
-        assert np.array_equal(results[i], sequential[i]), f"{IMAGES[i]}: concurrent result differs from sequential"
+        assert np.array_equal(results[i], sequential[i]), (
+            f"{IMAGES[i]}: concurrent result differs from sequential"
+        )
 
 
 def test_infer_over_http_returns_label_and_report(label_app):
@@ -174,8 +189,12 @@ def test_infer_over_http_returns_label_and_report(label_app):
         out = studies.parent / "http_label.nii.gz"
         out.write_bytes(response.content)
         with open(studies / "mr_01_upper.nii.gz", "rb") as f:
-            response = client.put("/datastore/image?image=uploaded", files={"file": ("uploaded.nii.gz", f)})
-        assert response.status_code == 200 and response.json() == {"image": "uploaded"}, response.text[:500]
+            response = client.put(
+                "/datastore/image?image=uploaded", files={"file": ("uploaded.nii.gz", f)}
+            )
+        assert response.status_code == 200 and response.json() == {"image": "uploaded"}, (
+            response.text[:500]
+        )
         assert (studies / "uploaded.nii.gz").is_file()
         response = client.post(f"/infer/{MODEL_NAME}?image=uploaded&output=json", data=CPU)
         assert response.status_code == 200, response.text[:500]
@@ -200,15 +219,19 @@ def test_bad_input_gets_422_with_the_bundle_runs_reason(label_app, image):
     path = studies / f"{image}.nii.gz"
     config = ConfigParser()
     config.read_config(str(BUNDLE_DIR / "configs" / "inference.json"))
-    intake = Intake([{"image": str(path)}, {"image": str(studies / "mr_01_image.nii.gz")}],
-                    check=config.get_parsed_content("input_check"))
+    intake = Intake(
+        [{"image": str(path)}, {"image": str(studies / "mr_01_image.nii.gz")}],
+        check=config.get_parsed_content("input_check"),
+    )
     expected = dict(intake.failed)[str(path)].replace(str(path), path.name)
     with TestClient(server) as client:
         response = client.post(f"/infer/{MODEL_NAME}?image={image}&output=image", data=CPU)
     assert response.status_code == 422, response.text[:500]
     detail = response.json()["detail"]
     assert "\n" not in detail
-    if image == "notes":  # the reader's message names the file where MONAI Label put it: compare the kind
+    if (
+        image == "notes"
+    ):  # the reader's message names the file where MONAI Label put it: compare the kind
         assert detail.startswith("unreadable (") and expected.startswith("unreadable (")
     else:
         assert detail == expected
@@ -235,6 +258,7 @@ def test_info_is_served_while_an_inference_runs(label_app):
         return out
 
     with TestClient(server) as client:
+
         def infer() -> None:
             response = client.post(f"/infer/{MODEL_NAME}?image={IMAGES[0]}&output=json", data=CPU)
             events.append(f"infer {response.status_code}")
