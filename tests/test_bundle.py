@@ -187,11 +187,15 @@ def test_preprocessing_identical_in_train_validate_and_inference():
     config = json.loads(INFERENCE.read_text())
     by_id = {"@image_keys": "image", "@spacing_mode": "bilinear"}
     assert config["image_keys"] == ["image"] and config["spacing_mode"] == by_id["@spacing_mode"]
+    transforms = config["preprocessing"]["transforms"]
+    # inference also checks its input: DICOM series folders first, then what the model can take
+    assert transforms[3] == "@input_check"
+    assert config["input_check"]["_target_"] == "grata_monai.bundle.checks.CheckInputd"
     inference = [
         {k: by_id.get(v, v) if isinstance(v, str) else v for k, v in t.items()}
-        for t in config["preprocessing"]["transforms"]
+        for t in transforms[:3] + transforms[4:]
     ]
-    check, *inference = inference  # inference first validates DICOM series folders
+    check, *inference = inference
     assert check["_target_"] == "grata_monai.bundle.dicom.CheckDicomSeriesd"
     assert len(train) == len(inference)
     for t, i in zip(train, inference):
@@ -470,7 +474,10 @@ def test_inference_end_to_end_on_real_mr(tmp_path, where):
 def test_inference_without_bundle_root_says_to_pass_it(tmp_path):
     (tmp_path / "in").mkdir()
     nib.save(
-        nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), str(tmp_path / "in" / "v.nii.gz")
+        nib.Nifti1Image(
+            np.zeros((8, 8, 4), np.int16), np.diag([8.0, 8.0, 16.0, 1.0])
+        ),  # 64 mm: not too thin
+        str(tmp_path / "in" / "v.nii.gz"),
     )
     cmd = [
         sys.executable,
@@ -649,6 +656,13 @@ def test_stop_errors_end_with_one_plain_sentence(tmp_path, case):
     assert "Traceback" not in r.stderr
 
 
+def _small_volume_preprocessing():
+    """The inference preprocessing with the thinness check off: these tests feed small synthetic volumes."""
+    parser = _parser(INFERENCE)
+    parser["input_check"]["min_fraction"] = 0.0
+    return parser.get_parsed_content("preprocessing")
+
+
 @settings(
     max_examples=10,
     deadline=None,
@@ -675,7 +689,7 @@ def test_property_preprocessing_any_spacing_range_dtype_orientation(
     affine = np.diag([(-s if f else s) for s, f in zip(spacing, flips)] + [1.0])
     path = tmp_path / f"v_{abs(hash((spacing, scale, offset, str(dtype), flips)))}.nii.gz"
     nib.save(nib.Nifti1Image(data.astype(dtype), affine), str(path))
-    image = _parser(INFERENCE).get_parsed_content("preprocessing")({"image": str(path)})["image"]
+    image = _small_volume_preprocessing()({"image": str(path)})["image"]
     assert image.dtype == torch.float32 and min(image.shape[1:]) > 0
     assert torch.isfinite(image).all() and image.min() >= 0.0 and image.max() <= 1.0
     np.testing.assert_allclose(image.pixdim.numpy(), [2.0, 2.0, 4.0], rtol=1e-4)
@@ -687,5 +701,5 @@ def test_preprocessing_keeps_a_blank_or_constant_volume(tmp_path, value):
     """Nothing above the body threshold: the whole volume is kept (no empty crop), values finite."""
     path = tmp_path / "blank.nii.gz"
     nib.save(nib.Nifti1Image(np.full((20, 16, 8), value, np.int16), np.eye(4)), str(path))
-    image = _parser(INFERENCE).get_parsed_content("preprocessing")({"image": str(path)})["image"]
+    image = _small_volume_preprocessing()({"image": str(path)})["image"]
     assert min(image.shape[1:]) > 0 and torch.isfinite(image).all()
