@@ -48,6 +48,14 @@ __all__ = [
 ]
 
 SPLITS = ("mr_test", "ct_val")
+STEP_NOTE = (
+    "> **What GraTa's step adds, and what the bundle is now.** This study ran before the "
+    "post-processing and the statistics rule; its default (`grata_1x1e-3_auto`) is superseded. The "
+    "step adds nothing measurable here (MR +0.02 over per-volume statistics) and nothing in "
+    "[directions.md](directions.md) either (−0.01 to +0.01 on every set scored with and without it): "
+    "the aux and pseudo gradients disagree, so the step stays tiny. The bundle's gain over a plain "
+    'run is its post-processing and its statistics rule (`norm_stats="entropy"`), both in directions.md.'
+)
 # name -> (method, settings beyond the defaults). Steps/lr/params follow the calibration note and
 # the last sweep: one small step barely moves the weights, so most variants take 10 steps.
 BASELINES: dict[str, tuple[str, dict]] = {
@@ -178,6 +186,8 @@ def write_study_md(study: dict, path: str | Path, figure: str = "study.png") -> 
     organs = defaults.ORGANS
     lines = [
         "# Adaptation study (dev volumes)",
+        "",
+        STEP_NOTE,
         "",
         f"Model: `{study['bundle']}` at revision `{study['git_revision']}`, on {study['device']}. "
         f"MR: {len(study['volumes']['mr_test'])} `mr_test` volumes; "
