@@ -703,3 +703,17 @@ def test_preprocessing_keeps_a_blank_or_constant_volume(tmp_path, value):
     nib.save(nib.Nifti1Image(np.full((20, 16, 8), value, np.int16), np.eye(4)), str(path))
     image = _small_volume_preprocessing()({"image": str(path)})["image"]
     assert min(image.shape[1:]) > 0 and torch.isfinite(image).all()
+
+
+@pytest.mark.parametrize("configs", [[INFERENCE], [INFERENCE, INFERENCE.parent / "evaluate.json"]])
+def test_every_written_segmentation_is_post_processed(configs):
+    """inference.json (bundle run, MONAI Label, Deploy) and evaluate.json keep one component per organ
+    with the bundle's organ layout, after the argmax."""
+    parser = ConfigParser()
+    parser.read_config([str(c) for c in configs])
+    names = [t["_target_"] for t in parser["postprocessing"]["transforms"]]
+    keep = names.index("grata_monai.postprocess.KeepOrganComponentsd")
+    assert names[keep - 1] == "AsDiscreted" and parser["postprocessing"]["transforms"][keep - 1]["argmax"]
+    parser["bundle_root"] = str(BUNDLE)
+    transform = parser.get_parsed_content("postprocessing").transforms[keep]
+    assert transform.layout is not None and transform.layout.organs == (1, 2, 3, 4)
