@@ -25,7 +25,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.handlers import CheckpointLoader, StatsHandler
 
-from grata_monai import GraTaInferer
+from grata_monai import GraTaInferer, defaults
 from grata_monai.bundle.handlers import AuditReportHandler
 from grata_monai.bundle.wrap import STRICT_INITIALIZE, WrapError, wrap
 from tests.conftest import BUNDLE_DIR, ROOT, abdomen_dir
@@ -497,14 +497,11 @@ def test_wrapped_zoo_bundle_runs_and_equals_plain_without_adaptation(tmp_path):
 def test_our_bundle_wrapped_equals_its_grata_run(tmp_path):
     data = _one_volume(tmp_path)
     inference = BUNDLE_DIR / "configs" / "inference.json"
+    # our bundle takes its CPU settings from the device (the tests run on a CPU): the overlay gets them too
+    cpu = {**defaults.for_device("cpu"), "steps": 2, "patches_per_step": 2}
     overlay = wrap(
-        BUNDLE_DIR,
-        out=tmp_path / "grata.json",
-        steps=2,
-        patches_per_step=2,
-        norm_stats="auto",
-        reference_histogram="@reference_histogram",
-    ).path  # our bundle's in-domain rule
+        BUNDLE_DIR, out=tmp_path / "grata.json", **cpu
+    ).path  # statistics rule: the default
     segs = {}
     for name, configs, args in (
         ("own", [inference], ["--inferer#steps", "2", "--inferer#patches_per_step", "2"]),

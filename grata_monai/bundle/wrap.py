@@ -53,6 +53,7 @@ SETTINGS = {
     "episodic": defaults.EPISODIC,
     "amp": defaults.AMP,
     "seed": defaults.SEED,
+    "norm_stats": defaults.BUNDLE_NORM_STATS,  # needs nothing from the wrapped bundle's training data
 }
 # First in the wrapped bundle's `initialize`: one-line stop errors, then the check of command-line options.
 STRICT_INITIALIZE = [
