@@ -713,7 +713,10 @@ def test_every_written_segmentation_is_post_processed(configs):
     parser.read_config([str(c) for c in configs])
     names = [t["_target_"] for t in parser["postprocessing"]["transforms"]]
     keep = names.index("grata_monai.postprocess.KeepOrganComponentsd")
-    assert names[keep - 1] == "AsDiscreted" and parser["postprocessing"]["transforms"][keep - 1]["argmax"]
+    assert (
+        names[keep - 1] == "AsDiscreted"
+        and parser["postprocessing"]["transforms"][keep - 1]["argmax"]
+    )
     parser["bundle_root"] = str(BUNDLE)
     transform = parser.get_parsed_content("postprocessing").transforms[keep]
     assert transform.layout is not None and transform.layout.organs == (1, 2, 3, 4)

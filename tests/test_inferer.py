@@ -197,7 +197,7 @@ def test_settle_windows_limits_the_statistics(unet, volume):
 
 
 def test_patch_size_sets_the_adaptation_patches(unet, volume, monkeypatch):
-    import grata_monai.inferer as module
+    import grata_monai.adaptive as module
 
     sizes = []
     real = module.body_patches

@@ -102,7 +102,7 @@ class GraTaInferTask(BundleInferTask):
             ]
             logger.info(
                 f"GraTa report: {len(report.get('steps', []))} step(s), cosine {cosines}, "
-                f"guard {report.get('guard')}, domain distance {report.get('domain_distance')}, "
+                f"guard {report.get('guard')}, statistics entropy {report.get('statistics_entropy')}, "
                 f"volume statistics weight {report.get('volume_statistics_weight')}, "
                 f"adapted in {report.get('adapt_seconds', 0.0):.2f} s"
             )

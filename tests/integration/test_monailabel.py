@@ -127,9 +127,10 @@ def test_infer_returns_uint8_adapted_segmentation_with_its_report(label_app, cap
     report = result[REPORT_FIELD]
     assert len(report["steps"]) == SMALL["steps"] and all("cosine" in s for s in report["steps"])
     assert report["guard"] is None or isinstance(report["guard"], str)
-    assert report["domain_distance"] is not None, (
-        "the bundle's norm_stats='auto' measures the domain distance"
+    assert set(report["statistics_entropy"]) == {"0", "0.5", "1"}, (
+        "the bundle's norm_stats='entropy' tries the source's, a half blend and the volume's statistics"
     )
+    assert report["volume_statistics_weight"] in (0.0, 0.5, 1.0)
     assert report["source_sha256"] == checksum(network)
     assert any(
         r.getMessage().startswith(f"GraTa report: {SMALL['steps']} step(s), cosine [")
