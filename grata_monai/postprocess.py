@@ -204,9 +204,7 @@ def keep_organ_components(
     keep[0] = True
     drop = torch.as_tensor(~keep[image], device=label.device)
     organ_voxels = sum(c.size for cs in by_organ.values() for c in cs)
-    removed = sum(c.size for cs in by_organ.values() for c in cs) - sum(
-        c.size for c in chosen.values()
-    )
+    removed = organ_voxels - sum(c.size for c in chosen.values())
     summary = {
         "removed_fraction": removed / organ_voxels if organ_voxels else 0.0,
         "layout_changed": sorted(o for o, c in chosen.items() if c is not by_organ[o][0]),

@@ -173,7 +173,8 @@ def _markdown(result: dict) -> str:
         f"(device: {run['device']}, revision `{run['git_revision']}`). Mean Dice ×100 of the four organs on "
         "the preprocessed 2×2×4 mm grid of the **whole, uncropped** volumes, one GraTa step (the bundle's) "
         "before every choice. raw: argmax; lcc: each organ's largest component; layout: the bundle's "
-        "post-processing (`grata_monai.postprocess`).",
+        "post-processing (`grata_monai.postprocess`). histogram (auto): its blend weight rounded to the "
+        "nearest blend in the table (0, 0.25, 0.5, 0.75, 1).",
         "",
         "Rule chosen on the CT model's direction only: the best mean of its two sets (layout post-processing) "
         "among the rules with no threshold fitted to one source model (the histogram rule's blend range was "
