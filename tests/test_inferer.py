@@ -444,3 +444,68 @@ def test_entropy_rule_keeps_the_least_uncertain_blend_and_reports_every_candidat
 def test_entropy_rule_refuses_weights_outside_zero_one():
     with pytest.raises(ValueError, match="statistics_candidates"):
         GraTaInferer(ROI, norm_stats="entropy", statistics_candidates=(0.0, 1.5))
+
+
+def test_entropy_rule_batched_on_eager_networks_equals_the_scripted_loop(unet, volume, monkeypatch):
+    """Eager networks settle and predict the candidates in batched passes (on CUDA; here forced on the
+    CPU), TorchScript ones in loops: the same logits, entropies and choice."""
+    import grata_monai.adaptive as module
+    from grata_monai.audit import reports_of
+
+    monkeypatch.setattr(module, "_stacks", lambda network, device: module.can_stack(network))
+
+    rule = GraTaInferer(ROI, steps=0, norm_stats="entropy", sw_batch_size=2)
+    with torch.no_grad():
+        batched = rule(volume, unet)
+        looped = rule(volume, torch.jit.script(unet))
+    torch.testing.assert_close(
+        torch.as_tensor(batched), torch.as_tensor(looped), rtol=1e-4, atol=1e-4
+    )
+    a, b = (reports_of(x)[0] for x in (batched, looped))
+    assert a["volume_statistics_weight"] == b["volume_statistics_weight"]
+    assert a["statistics_entropy"] == pytest.approx(b["statistics_entropy"], rel=1e-4)
+
+
+def test_entropy_rule_on_settle_windows_compares_there_and_predicts_once(unet, volume):
+    """With settle_windows the candidates are compared on those windows; the volume is then predicted
+    once, with the kept weight's statistics."""
+    from grata_monai.audit import reports_of
+
+    rule = GraTaInferer(ROI, steps=0, norm_stats="entropy", settle_windows=2)
+    with torch.no_grad():
+        logits = rule(volume, unet)
+        whole = GraTaInferer(ROI, steps=0, norm_stats="entropy")(volume, unet)
+    report = reports_of(logits)[0]
+    assert report["statistics_entropy"] != reports_of(whole)[0]["statistics_entropy"]
+    weight = report["volume_statistics_weight"]
+    fixed = {0.0: dict(norm_stats="source"), 1.0: dict(norm_stats="volume", settle_windows=2)}
+    with torch.no_grad():
+        plain = GraTaInferer(ROI, steps=0, **fixed[weight])(volume, unet)
+    torch.testing.assert_close(
+        torch.as_tensor(logits), torch.as_tensor(plain), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_working_copy_is_one_per_thread_and_reset_to_the_source(unet, volume):
+    """Episodes reuse this thread's copy of the source, reset to the source's weights and statistics;
+    another thread gets its own."""
+    import threading
+
+    inferer = grata(steps=1)
+    first = inferer.configure(unet, torch.device("cpu"))
+    with torch.no_grad():
+        first.params[0].add_(1.0)
+        first.network.state_dict()[
+            next(k for k in first.network.state_dict() if "running_mean" in k)
+        ].add_(1.0)
+    second = inferer.configure(unet, torch.device("cpu"))
+    assert second.network is first.network
+    for name, value in unet.state_dict().items():
+        assert torch.equal(second.network.state_dict()[name], value), name
+    other = []
+    thread = threading.Thread(
+        target=lambda: other.append(inferer.configure(unet, torch.device("cpu")))
+    )
+    thread.start()
+    thread.join()
+    assert other[0].network is not first.network
