@@ -85,8 +85,12 @@ def test_split_pipeline_needs_a_loader_and_a_writer():
         split_pipeline(Compose([Identityd("image")]), Compose([Identityd("pred")]))
 
 
-@pytest.mark.parametrize("device_preprocessing, repeats", [(False, 2), (True, 1)])
-def test_run_throughput_writes_both_methods(tiny_bundle, tmp_path, device_preprocessing, repeats):
+@pytest.mark.parametrize(
+    "device_preprocessing, repeats, writers", [(False, 2, 0), (True, 1, 0), (False, 2, 2)]
+)
+def test_run_throughput_writes_both_methods(
+    tiny_bundle, tmp_path, device_preprocessing, repeats, writers
+):
     root, data = tiny_bundle
     out = tmp_path / "out"
     results = run_throughput(
@@ -98,10 +102,12 @@ def test_run_throughput_writes_both_methods(tiny_bundle, tmp_path, device_prepro
         device="cpu",
         num_workers=1,
         device_preprocessing=device_preprocessing,
+        writers=writers,
     )
     saved = json.loads((out / "tp.json").read_text())
     assert saved["settings"]["volumes"] == ["a_image.nii.gz", "b_image.nii.gz"]
     assert saved["settings"]["device_preprocessing"] is device_preprocessing
+    assert saved["settings"]["writers"] == writers
     assert saved["settings"]["plain"]["roi_size"] == [16, 16, 8]
     assert saved["settings"]["grata"]["method"] == "grata"
     for method in ("plain", "grata"):
@@ -128,7 +134,9 @@ def test_run_throughput_refuses_to_replace_results(tiny_bundle, tmp_path):
     assert (tmp_path / "tp.md").read_text() == "earlier results"
 
 
-@pytest.mark.parametrize("options", [{"repeats": 0}, {"num_workers": -1}, {"limit": 0}])
+@pytest.mark.parametrize(
+    "options", [{"repeats": 0}, {"num_workers": -1}, {"limit": 0}, {"writers": -1}]
+)
 def test_run_throughput_rejects_bad_options(tiny_bundle, tmp_path, options):
     root, data = tiny_bundle
     with pytest.raises(ValueError):

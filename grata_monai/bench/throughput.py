@@ -4,9 +4,11 @@ Per volume, as ``inference.json`` runs it: its ``preprocessing`` (split after ``
 *load* and *preprocess*), the inferer, and its ``postprocessing`` (split before ``SaveImaged`` into
 *post-process* and *write*, the outputs going to a temporary folder). Plain is MONAI's
 ``SlidingWindowInferer`` with the bundle inferer's sliding-window settings and the source statistics;
-GraTa is the bundle's ``inferer`` as its config builds it. Loading runs in ``DataLoader`` workers,
-overlapped with compute; with ``device_preprocessing`` the rest of the preprocessing runs on the
-target device in the main process. Results: ``<name>.json`` and ``<name>.md`` in ``out_dir``.
+GraTa is the bundle's ``inferer`` as its config builds it. Loading runs in persistent ``DataLoader``
+workers, overlapped with compute; with ``device_preprocessing`` the rest of the preprocessing runs on
+the target device in the main process. With ``writers`` the post-processing and writing of each
+volume run in that many threads, so the main process goes on to the next volume. Results:
+``<name>.json`` and ``<name>.md`` in ``out_dir``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import os
 import resource
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -185,58 +188,84 @@ class _Pipeline:
         self.parser["dataset_dir"] = str(dataset_dir)
         return self.parser.get_parsed_content("volumes")
 
-    def loader(self, items: list[dict], num_workers: int) -> Iterator[tuple[dict, dict]]:
-        """Loaded (and, unless on the device, preprocessed) items, in order, from worker processes."""
+    def loader(self, items: list[dict], num_workers: int) -> DataLoader:
+        """Loaded (and, unless on the device, preprocessed) items, in order, from persistent workers."""
         dataset = _Loading(items, self.load, None if self.device_preprocessing else self.preprocess)
-        return iter(
-            DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is)
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            collate_fn=_as_is,
+            persistent_workers=num_workers > 0,
         )
 
-    def segment(self, method: str, data: dict, times: dict) -> dict:
-        """The rest of one volume's pipeline after loading; ``times`` gets each stage's seconds."""
+    def infer(self, method: str, data: dict, times: dict) -> tuple[dict, torch.Tensor, dict]:
+        """Preprocess on the device (when asked) and infer one volume; ``times`` gets the stages' seconds.
+        Returns the batch, the logits and the inferer's report."""
         dev = self.device
         clock = time.perf_counter()
-
-        def lap(stage: str) -> None:
-            nonlocal clock
-            _sync(dev)
-            now = time.perf_counter()
-            times[stage] = times.get(stage, 0.0) + now - clock
-            clock = now
-
         if self.device_preprocessing:
             data = self.preprocess(data)
-            lap("preprocess")
+            _sync(dev)
+            times["preprocess"] = time.perf_counter() - clock
+            clock = time.perf_counter()
         batch = list_data_collate([data])
-        inputs = batch["image"].to(dev)
+        batch["image"] = batch["image"].to(dev)
         with torch.no_grad():
-            pred = self.inferers[method](inputs, self.network)
-        lap("infer")
+            pred = self.inferers[method](batch["image"], self.network)
+        _sync(dev)
         report = (reports_of(pred) or [{}])[0]
         times["adapt"] = report.get("adapt_seconds", 0.0)
-        times["infer"] -= times["adapt"]
+        times["infer"] = time.perf_counter() - clock - times["adapt"]
+        return batch, pred, report
+
+    def finish(self, batch: dict, pred: torch.Tensor, times: dict) -> None:
+        """Post-process and write one volume; ``times`` gets both stages' seconds."""
+        clock = time.perf_counter()
         decollate = Decollated(keys=None, detach=True)
-        pairs = list(zip(decollate(batch), decollate({"image": inputs, "pred": pred})))
+        pairs = list(zip(decollate(batch), decollate({"image": batch["image"], "pred": pred})))
         pairs = [engine_apply_transform(b, o, self.postprocess) for b, o in pairs]
-        lap("postprocess")
+        times["postprocess"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         for b, o in pairs:
             engine_apply_transform(b, o, self.write)
-        lap("write")
+        times["write"] = time.perf_counter() - clock
+
+    def segment(self, method: str, data: dict, times: dict) -> dict:
+        """The rest of one volume's pipeline after loading, in this thread; returns the report."""
+        batch, pred, report = self.infer(method, data, times)
+        self.finish(batch, pred, times)
         return report
 
-    def run_pass(self, method: str, items: list[dict], num_workers: int, bar: tqdm | None) -> dict:
-        """Every volume once with ``method``: wall time, volumes/s, mean stage seconds, peak memory."""
+    def run_pass(
+        self,
+        method: str,
+        loader: DataLoader,
+        bar: tqdm | None,
+        writers: ThreadPoolExecutor | None = None,
+        in_flight: int = 0,
+    ) -> dict:
+        """Every volume once with ``method``: wall time, volumes/s, mean stage seconds, peak memory.
+        With ``writers``, at most ``in_flight`` volumes wait for their outputs at a time."""
         _reset_peak(self.device)
-        rows = []
-        start = time.perf_counter()
-        waited = time.perf_counter()
-        for data, times in self.loader(items, num_workers):
+        rows: list[dict] = []
+        pending: list[Future] = []
+        start = waited = time.perf_counter()
+        for data, times in loader:
             times["wait"] = time.perf_counter() - waited
-            self.segment(method, data, times)
             rows.append(times)
+            if writers is None:
+                self.segment(method, data, times)
+            else:
+                batch, pred, _ = self.infer(method, data, times)
+                pending.append(writers.submit(self.finish, batch, pred, times))
+                while len(pending) > in_flight:
+                    pending.pop(0).result()
             if bar is not None:
                 bar.update()
             waited = time.perf_counter()
+        for future in pending:
+            future.result()
         seconds = time.perf_counter() - start
         return {
             "seconds": seconds,
@@ -255,6 +284,7 @@ def run_throughput(
     device: str | None = None,
     num_workers: int | None = None,
     device_preprocessing: bool = False,
+    writers: int = 0,
     limit: int | None = None,
     overwrite: bool = False,
 ) -> dict:
@@ -273,6 +303,8 @@ def run_throughput(
         device: ``"cuda"``, ``"cuda:1"``, ``"cpu"``; default CUDA when available.
         num_workers: loader processes; default :func:`loader_workers` (0 loads in the main process).
         device_preprocessing: preprocess after ``LoadImaged`` on ``device`` in the main process.
+        writers: threads that post-process and write the outputs while the main process infers the
+            next volumes; 0 does both in the main process, after each volume.
         limit: only the first ``limit`` volumes.
         overwrite: replace existing result files.
 
@@ -288,8 +320,11 @@ def run_throughput(
         repeats < 1
         or (limit is not None and limit < 1)
         or (num_workers is not None and num_workers < 0)
+        or writers < 0
     ):
-        raise ValueError("need --repeats >= 1, --limit >= 1 and --num_workers >= 0.")
+        raise ValueError(
+            "need --repeats >= 1, --limit >= 1, --num_workers >= 0 and --writers >= 0."
+        )
     outputs = [Path(out_dir) / f"{name}.{ext}" for ext in ("json", "md")]
     existing = [str(p) for p in outputs if p.exists()]
     if existing and not overwrite:
@@ -307,14 +342,18 @@ def run_throughput(
         passes: dict[str, list[dict]] = {m: [] for m in pipe.inferers}
         reports = {}
         for method in pipe.inferers:  # warm-up: allocator, cudnn autotuning, first-call imports
-            data, times = next(pipe.loader(items[:1], 0))
+            data, times = pipe.loader(items[:1], 0).dataset[0]
             reports[method] = pipe.segment(method, data, times)
+        loader = pipe.loader(items, workers)
+        output = ThreadPoolExecutor(writers, "writer") if writers else None
         total = repeats * len(passes) * len(items)
         with tqdm(total=total, unit="vol", desc="throughput") as bar:
             for r in range(repeats):
                 for method, done in passes.items():
                     bar.set_description(f"{method} {r + 1}/{repeats}")
-                    done.append(pipe.run_pass(method, items, workers, bar))
+                    done.append(pipe.run_pass(method, loader, bar, output, 2 * writers))
+        if output is not None:
+            output.shutdown()
     results = {
         "device": device_name(dev),
         "git_revision": git_revision(),
@@ -327,6 +366,7 @@ def run_throughput(
             "repeats": repeats,
             "num_workers": workers,
             "device_preprocessing": bool(device_preprocessing),
+            "writers": writers,
             "plain": {"method": "SlidingWindowInferer", **pipe.sliding},
             "grata": reports["grata"].get("settings", {}),
         },
@@ -351,6 +391,12 @@ def _mean_pass(passes: list[dict]) -> dict:
     }
 
 
+def _writing(writers: int) -> str:
+    if not writers:
+        return "post-processing and writing in the main process"
+    return f"post-processing and writing in {writers} thread{'s' if writers > 1 else ''}"
+
+
 def write_markdown(results: dict) -> str:
     """The results as a short markdown page: the setting, one table row per method, the ratio."""
     memory = "peak RSS" if results["device"].startswith("CPU") else "peak GPU memory"
@@ -361,10 +407,12 @@ def write_markdown(results: dict) -> str:
         (
             f"Revision `{results['git_revision']}`; {len(s['volumes'])} volumes from `{s['dataset_dir']}`, "
             f"{s['repeats']} passes per method; {s['num_workers']} loader workers, preprocessing on "
-            f"{'the device' if s['device_preprocessing'] else 'the CPU workers'}; {results['cpu_count']} cores, "
+            f"{'the device' if s['device_preprocessing'] else 'the CPU workers'}; "
+            f"{_writing(s.get('writers', 0))}; {results['cpu_count']} cores, "
             f"{results['torch_threads']} torch threads, load average {results['load_average']['before'][0]:.1f} "
             f"before and {results['load_average']['after'][0]:.1f} after. Seconds are means per volume; "
-            "load and CPU preprocessing overlap compute, `wait` is the loop's stall for them."
+            "load and CPU preprocessing overlap compute, `wait` is the loop's stall for them; "
+            "post-processing and writing in threads overlap it too."
         ),
         "",
         (
