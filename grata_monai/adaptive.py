@@ -566,6 +566,7 @@ def _device_of(network: nn.Module) -> torch.device | None:
 
 
 def _seconds_since(start: float, device: torch.device) -> float:
+    """Seconds since ``start`` once this thread's CUDA stream has finished (other streams run on)."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
     return time.perf_counter() - start

@@ -6,6 +6,8 @@ bundle's ``configs/inference.json`` (inferer, ``roi_size``) and ``metadata.json`
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "BODY_FLOOR",
     "DEVICE_SETTINGS",
     "for_device",
+    "loader_workers",
 ]
 
 ROI_SIZE = (96, 96, 48)  # sliding windows and adaptation patches (voxels of 2 x 2 x 4 mm)
@@ -83,9 +86,11 @@ PRESETS = {
 }
 
 # The adaptation settings that follow the device the inferer runs on (the bundle reads them with
-# for_device(@device)). On a CPU every patch pass costs about a sliding window: one smaller patch, one
-# weak view and statistics settled on the four windows with the most body keep GraTa within 2x plain
-# end to end (docs/benchmarks/throughput_cpu.md; Dice cost in docs/benchmarks/cpu_preset.json).
+# for_device(@device)). On a CPU every window pass counts: one smaller patch, one weak view, and the
+# statistics settled on the two windows with the most body, where the source's and the volume's own
+# statistics are compared before one prediction of the volume. That keeps GraTa within 2x plain end
+# to end (docs/benchmarks/throughput_cpu.md) for 1.5 dev Dice below the GPU settings; four windows
+# give 1.2 of it back at 2.6x (docs/benchmarks/cpu_preset.json).
 DEVICE_SETTINGS = {
     "cuda": {
         "patches_per_step": PATCHES_PER_STEP,
@@ -93,13 +98,15 @@ DEVICE_SETTINGS = {
         "weak_transforms": WEAK_TRANSFORMS,
         "guard": True,
         "settle_windows": None,
+        "statistics_candidates": STATISTICS_CANDIDATES,
     },
     "cpu": {
         "patches_per_step": 1,
         "patch_size": (64, 64, 32),
         "weak_transforms": ("flip1",),
         "guard": True,
-        "settle_windows": 4,
+        "settle_windows": 2,
+        "statistics_candidates": (0.0, 1.0),
     },
 }
 
@@ -107,3 +114,9 @@ DEVICE_SETTINGS = {
 def for_device(device: torch.device | str) -> dict:
     """The adaptation settings for ``device``: the CPU's on a CPU, the GPU's (the study's) elsewhere."""
     return dict(DEVICE_SETTINGS["cpu" if torch.device(device).type == "cpu" else "cuda"])
+
+
+def loader_workers(cpu_count: int | None = None) -> int:
+    """DataLoader workers for this machine: half its cores (the rest infer and write), 1 to 8."""
+    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 2)
+    return max(1, min(8, cores // 2))

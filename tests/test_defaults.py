@@ -15,6 +15,7 @@ def test_gpu_settings_are_the_studys_defaults():
         "weak_transforms": defaults.WEAK_TRANSFORMS,
         "guard": True,
         "settle_windows": None,
+        "statistics_candidates": defaults.STATISTICS_CANDIDATES,
     }
     assert defaults.for_device(torch.device("cuda")) == gpu
 
@@ -26,6 +27,7 @@ def test_cpu_settings_are_lighter():
         and cpu["patches_per_step"] < defaults.PATCHES_PER_STEP
     )
     assert set(cpu["weak_transforms"]) < set(defaults.WEAK_TRANSFORMS)
+    assert set(cpu["statistics_candidates"]) < set(defaults.STATISTICS_CANDIDATES)
     assert all(
         p <= r and p % 16 == 0 for p, r in zip(cpu["patch_size"], defaults.ROI_SIZE)
     )  # the UNet's 4 halvings

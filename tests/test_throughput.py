@@ -13,10 +13,10 @@ from monai.bundle import ConfigParser
 
 from grata_monai.bench.throughput import (
     STAGES,
-    loader_workers,
     run_throughput,
     split_pipeline,
 )
+from grata_monai.defaults import loader_workers
 from tests.conftest import BUNDLE_DIR, tiny_unet
 
 
@@ -86,10 +86,11 @@ def test_split_pipeline_needs_a_loader_and_a_writer():
 
 
 @pytest.mark.parametrize(
-    "device_preprocessing, repeats, writers", [(False, 2, 0), (True, 1, 0), (False, 2, 2)]
+    "device_preprocessing, repeats, writers, streams",
+    [(False, 2, 0, 1), (True, 1, 0, 1), (False, 2, 2, 2)],
 )
 def test_run_throughput_writes_both_methods(
-    tiny_bundle, tmp_path, device_preprocessing, repeats, writers
+    tiny_bundle, tmp_path, device_preprocessing, repeats, writers, streams
 ):
     root, data = tiny_bundle
     out = tmp_path / "out"
@@ -103,11 +104,12 @@ def test_run_throughput_writes_both_methods(
         num_workers=1,
         device_preprocessing=device_preprocessing,
         writers=writers,
+        streams=streams,
     )
     saved = json.loads((out / "tp.json").read_text())
     assert saved["settings"]["volumes"] == ["a_image.nii.gz", "b_image.nii.gz"]
     assert saved["settings"]["device_preprocessing"] is device_preprocessing
-    assert saved["settings"]["writers"] == writers
+    assert saved["settings"]["writers"] == writers and saved["settings"]["streams"] == streams
     assert saved["settings"]["plain"]["roi_size"] == [16, 16, 8]
     assert saved["settings"]["grata"]["method"] == "grata"
     for method in ("plain", "grata"):
@@ -135,7 +137,7 @@ def test_run_throughput_refuses_to_replace_results(tiny_bundle, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "options", [{"repeats": 0}, {"num_workers": -1}, {"limit": 0}, {"writers": -1}]
+    "options", [{"repeats": 0}, {"num_workers": -1}, {"limit": 0}, {"writers": -1}, {"streams": 0}]
 )
 def test_run_throughput_rejects_bad_options(tiny_bundle, tmp_path, options):
     root, data = tiny_bundle

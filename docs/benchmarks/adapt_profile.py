@@ -6,7 +6,8 @@ Per volume (preprocessed as ``inference.json`` does, on the GPU): *copy* (the wo
 network), *adapt* (the guard's two checks and the GraTa step), *statistics* (the volume's statistics
 and the statistics rule's candidate predictions in batched passes), *statistics_looped* (the same,
 one pass per window and per candidate, as TorchScript networks run it) and, for comparison, MONAI's
-plain ``SlidingWindowInferer``. The two statistics passes' entropies, kept weights and
+plain ``SlidingWindowInferer``, and the bundle's ``KeepOrganComponentsd`` on its labels (on the
+preprocessed grid; the labelling runs on the CPU). The two statistics passes' entropies, kept weights and
 voxel label agreement go into ``statistics_rule``. Seconds are medians over the volumes after one warm-up volume; kernel
 launches are counted by ``torch.profiler`` on the first volume; each phase's top operators (self CPU
 time) go into ``OUT.txt``.
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from monai.data import list_data_collate
+from monai.data import MetaTensor, list_data_collate
 from monai.utils import convert_to_tensor
 from torch.profiler import ProfilerActivity, profile
 
@@ -31,6 +32,7 @@ from grata_monai import adaptive
 from grata_monai.audit import VolumeReport
 from grata_monai.bench.common import device_name, git_revision
 from grata_monai.bench.throughput import _Pipeline
+from grata_monai.postprocess import KeepOrganComponentsd
 
 PHASES = ("copy", "adapt", "statistics", "statistics_looped", "plain")
 
@@ -121,8 +123,13 @@ def phases(pipe: _Pipeline, batch: torch.Tensor, counted: str | None = None) -> 
             "label_agreement": float((batched.argmax(1) == loop.argmax(1)).float().mean()),
         }
         with phase("plain"), autocast:
-            pipe.inferers["plain"](batch, network)
+            plain = pipe.inferers["plain"](batch, network)
         lap("plain")
+        keep = next(t for t in pipe.postprocess.transforms if isinstance(t, KeepOrganComponentsd))
+        label = MetaTensor(plain.argmax(1).to(torch.uint8), affine=batch.affine[0])
+        lap("argmax")
+        keep({"pred": label})
+        lap("keep_organ_components")
     if counted is not None:
         times["kernels"] = sum(1 for e in prof.events() if e.device_type.name == "CUDA")
         times["table"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)

@@ -1,7 +1,8 @@
 """Dev Dice of the bundle's inferer with its GPU settings and with CPU candidates, on the CPU.
 
-Each variant is the bundle's own ``inferer`` (``inference.json``, ``norm_stats="auto"``) with a few
-settings replaced; Dice and seconds per volume come from ``grata_monai.bench.benchmark.evaluate``.
+Each variant is the bundle's own ``inferer`` (``inference.json``: the statistics rule
+``norm_stats="entropy"``) with a few settings replaced; Dice (before post-processing) and seconds per
+volume come from ``grata_monai.bench.benchmark.evaluate``.
 
     python docs/benchmarks/cpu_preset.py DATA_DIR BUNDLE_DIR OUT.json [DEVICE] [VARIANTS]
 
@@ -18,24 +19,30 @@ import torch
 from monai.bundle import ConfigParser
 
 from grata_monai import defaults
-from grata_monai.bench.benchmark import (
-    _git_revision,
-    device_name,
-    evaluate,
-    load_bundle,
-    prepare,
-    summarize,
-)
+from grata_monai.bench.benchmark import evaluate, summarize
+from grata_monai.bench.common import device_name, git_revision, load_bundle, prepare
 
+CPU = {
+    "patches_per_step": 1,
+    "patch_size": (64, 64, 32),
+    "weak_transforms": ("flip1",),
+    "guard": True,
+}  # every CPU variant's adaptation (the CPU default's)
 VARIANTS = {
-    "cpu": defaults.DEVICE_SETTINGS["cpu"],
-    "cpu_roi_patch": {**defaults.DEVICE_SETTINGS["cpu"], "patch_size": None},
-    "cpu_roi_patch_2_windows_no_guard": {
-        **defaults.DEVICE_SETTINGS["cpu"],
-        "patch_size": None,
-        "guard": False,
-        "settle_windows": 2,
+    "cpu_4_windows": {**CPU, "settle_windows": 4, "statistics_candidates": (0.0, 0.5, 1.0)},
+    "cpu_2_windows": {**CPU, "settle_windows": 2, "statistics_candidates": (0.0, 0.5, 1.0)},
+    "cpu_4_windows_candidates_0_1": {
+        **CPU,
+        "settle_windows": 4,
+        "statistics_candidates": (0.0, 1.0),
     },
+    "cpu_4_windows_no_guard": {
+        **CPU,
+        "guard": False,
+        "settle_windows": 4,
+        "statistics_candidates": (0.0, 0.5, 1.0),
+    },
+    "cpu_2_windows_candidates_0_1": defaults.DEVICE_SETTINGS["cpu"],  # the bundle's CPU default
     "gpu": defaults.DEVICE_SETTINGS["cuda"],
 }
 
@@ -56,7 +63,7 @@ def main(
     volumes = prepare(data_dir, key, preprocessing)
     results = {
         "device": device_name(device),
-        "git_revision": _git_revision(),
+        "git_revision": git_revision(),
         "key": key,
         "variants": {},
     }

@@ -6,17 +6,20 @@ Per volume, as ``inference.json`` runs it: its ``preprocessing`` (split after ``
 ``SlidingWindowInferer`` with the bundle inferer's sliding-window settings and the source statistics;
 GraTa is the bundle's ``inferer`` as its config builds it. Loading runs in persistent ``DataLoader``
 workers, overlapped with compute; with ``device_preprocessing`` the rest of the preprocessing runs on
-the target device in the main process. With ``writers`` the post-processing and writing of each
-volume run in that many threads, so the main process goes on to the next volume. Results:
+the target device in the inferring thread. ``streams`` threads infer volumes at once, each in its own
+CUDA stream; with ``writers`` the post-processing and writing of each volume run in that many other
+threads, so the inferring threads go on to the next volume. Results:
 ``<name>.json`` and ``<name>.md`` in ``out_dir``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,8 +38,9 @@ from tqdm import tqdm
 from grata_monai.audit import reports_of
 from grata_monai.bench import paths
 from grata_monai.bench.common import device_name, git_revision
+from grata_monai.defaults import loader_workers
 
-__all__ = ["STAGES", "loader_workers", "run_throughput", "split_pipeline", "write_markdown"]
+__all__ = ["STAGES", "run_throughput", "split_pipeline", "write_markdown"]
 
 STAGES = ("load", "preprocess", "wait", "adapt", "infer", "postprocess", "write")
 GRATA_KEYS = (
@@ -57,12 +61,6 @@ SLIDING_KEYS = (
     "padding_mode",
     "cval",
 )
-
-
-def loader_workers(cpu_count: int | None = None) -> int:
-    """DataLoader workers for this machine: half its cores (the rest compute), 1 to 8."""
-    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 2)
-    return max(1, min(8, cores // 2))
 
 
 def split_pipeline(
@@ -119,8 +117,16 @@ def _as_is(sample: Any) -> Any:
 
 
 def _sync(device: torch.device) -> None:
+    """Wait for this thread's CUDA stream (the work of other threads' streams runs on)."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
+
+
+def _own_stream(device: torch.device) -> contextlib.AbstractContextManager:
+    """A new CUDA stream for this thread's work on ``device`` (nothing on a CPU)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.stream(torch.cuda.Stream(device))
 
 
 def _reset_peak(device: torch.device) -> None:
@@ -222,6 +228,12 @@ class _Pipeline:
     def finish(self, batch: dict, pred: torch.Tensor, times: dict) -> None:
         """Post-process and write one volume; ``times`` gets both stages' seconds."""
         clock = time.perf_counter()
+        for tensor in (
+            batch["image"],
+            pred,
+        ):  # made in another thread's stream: keep them for this one
+            if tensor.is_cuda:
+                tensor.record_stream(torch.cuda.current_stream(tensor.device))
         decollate = Decollated(keys=None, detach=True)
         pairs = list(zip(decollate(batch), decollate({"image": batch["image"], "pred": pred})))
         pairs = [engine_apply_transform(b, o, self.postprocess) for b, o in pairs]
@@ -243,27 +255,51 @@ class _Pipeline:
         loader: DataLoader,
         bar: tqdm | None,
         writers: ThreadPoolExecutor | None = None,
-        in_flight: int = 0,
+        streams: int = 1,
     ) -> dict:
         """Every volume once with ``method``: wall time, volumes/s, mean stage seconds, peak memory.
-        With ``writers``, at most ``in_flight`` volumes wait for their outputs at a time."""
+
+        ``streams`` threads infer, each in its own CUDA stream, taking the volumes in turn from the
+        loader. With ``writers`` they hand each volume's output to those threads and go on; at most
+        two volumes per inferring thread wait for their outputs at a time."""
         _reset_peak(self.device)
         rows: list[dict] = []
         pending: list[Future] = []
-        start = waited = time.perf_counter()
-        for data, times in loader:
-            times["wait"] = time.perf_counter() - waited
-            rows.append(times)
-            if writers is None:
-                self.segment(method, data, times)
-            else:
-                batch, pred, _ = self.infer(method, data, times)
-                pending.append(writers.submit(self.finish, batch, pred, times))
-                while len(pending) > in_flight:
-                    pending.pop(0).result()
-            if bar is not None:
-                bar.update()
-            waited = time.perf_counter()
+        lock = threading.Lock()
+        volumes = iter(loader)
+
+        def infer_all() -> None:
+            while True:
+                waited = time.perf_counter()
+                with lock:
+                    item = next(volumes, None)
+                if item is None:
+                    return
+                data, times = item
+                times["wait"] = time.perf_counter() - waited
+                if writers is None:
+                    self.segment(method, data, times)
+                else:
+                    batch, pred, _ = self.infer(method, data, times)
+                    future = writers.submit(self.finish, batch, pred, times)
+                    with lock:
+                        pending.append(future)
+                        late = pending.pop(0) if len(pending) > 2 * streams else None
+                    if late is not None:
+                        late.result()
+                with lock:
+                    rows.append(times)
+                    if bar is not None:
+                        bar.update()
+
+        def in_stream() -> None:
+            with _own_stream(self.device):
+                infer_all()
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(streams, "infer") as inferring:
+            for done in [inferring.submit(in_stream) for _ in range(streams)]:
+                done.result()
         for future in pending:
             future.result()
         seconds = time.perf_counter() - start
@@ -285,6 +321,7 @@ def run_throughput(
     num_workers: int | None = None,
     device_preprocessing: bool = False,
     writers: int = 0,
+    streams: int = 1,
     limit: int | None = None,
     overwrite: bool = False,
 ) -> dict:
@@ -302,9 +339,10 @@ def run_throughput(
         repeats: passes per method.
         device: ``"cuda"``, ``"cuda:1"``, ``"cpu"``; default CUDA when available.
         num_workers: loader processes; default :func:`loader_workers` (0 loads in the main process).
-        device_preprocessing: preprocess after ``LoadImaged`` on ``device`` in the main process.
-        writers: threads that post-process and write the outputs while the main process infers the
-            next volumes; 0 does both in the main process, after each volume.
+        device_preprocessing: preprocess after ``LoadImaged`` on ``device`` in the inferring thread.
+        writers: threads that post-process and write the outputs while the inferring threads infer the
+            next volumes; 0 does both in the inferring thread, after each volume.
+        streams: threads that infer volumes at once, each in its own CUDA stream (1: one at a time).
         limit: only the first ``limit`` volumes.
         overwrite: replace existing result files.
 
@@ -351,7 +389,7 @@ def run_throughput(
             for r in range(repeats):
                 for method, done in passes.items():
                     bar.set_description(f"{method} {r + 1}/{repeats}")
-                    done.append(pipe.run_pass(method, loader, bar, output, 2 * writers))
+                    done.append(pipe.run_pass(method, loader, bar, output, streams))
         if output is not None:
             output.shutdown()
     results = {
@@ -367,6 +405,7 @@ def run_throughput(
             "num_workers": workers,
             "device_preprocessing": bool(device_preprocessing),
             "writers": writers,
+            "streams": streams,
             "plain": {"method": "SlidingWindowInferer", **pipe.sliding},
             "grata": reports["grata"].get("settings", {}),
         },
@@ -393,7 +432,7 @@ def _mean_pass(passes: list[dict]) -> dict:
 
 def _writing(writers: int) -> str:
     if not writers:
-        return "post-processing and writing in the main process"
+        return "post-processing and writing in the inferring thread"
     return f"post-processing and writing in {writers} thread{'s' if writers > 1 else ''}"
 
 
@@ -408,7 +447,8 @@ def write_markdown(results: dict) -> str:
             f"Revision `{results['git_revision']}`; {len(s['volumes'])} volumes from `{s['dataset_dir']}`, "
             f"{s['repeats']} passes per method; {s['num_workers']} loader workers, preprocessing on "
             f"{'the device' if s['device_preprocessing'] else 'the CPU workers'}; "
-            f"{_writing(s.get('writers', 0))}; {results['cpu_count']} cores, "
+            f"{_writing(s.get('writers', 0))}; {s.get('streams', 1)} inferring thread(s), each with its "
+            f"own CUDA stream; {results['cpu_count']} cores, "
             f"{results['torch_threads']} torch threads, load average {results['load_average']['before'][0]:.1f} "
             f"before and {results['load_average']['after'][0]:.1f} after. Seconds are means per volume; "
             "load and CPU preprocessing overlap compute, `wait` is the loop's stall for them; "
