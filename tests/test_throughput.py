@@ -137,9 +137,35 @@ def test_run_throughput_refuses_to_replace_results(tiny_bundle, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "options", [{"repeats": 0}, {"num_workers": -1}, {"limit": 0}, {"writers": -1}, {"streams": 0}]
+    "options",
+    [
+        {"repeats": 0},
+        {"num_workers": -1},
+        {"limit": 0},
+        {"writers": -1},
+        {"streams": 0},
+        {"settings": "settle_windows=4"},
+        {"settings": {"settle_window": 4}},
+    ],
 )
 def test_run_throughput_rejects_bad_options(tiny_bundle, tmp_path, options):
     root, data = tiny_bundle
     with pytest.raises(ValueError):
         run_throughput(str(data), str(root), str(tmp_path), device="cpu", **options)
+
+
+def test_run_throughput_replaces_inferer_settings(tiny_bundle, tmp_path):
+    root, data = tiny_bundle
+    results = run_throughput(
+        str(data),
+        str(root),
+        str(tmp_path),
+        device="cpu",
+        num_workers=0,
+        limit=1,
+        repeats=1,
+        settings={"settle_windows": 1, "statistics_candidates": (0.0, 1.0)},
+    )
+    grata = results["settings"]["grata"]
+    assert grata["settle_windows"] == 1 and list(grata["statistics_candidates"]) == [0.0, 1.0]
+    assert results["settings"]["overrides"]["settle_windows"] == 1

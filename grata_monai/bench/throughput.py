@@ -50,6 +50,8 @@ GRATA_KEYS = (
     "weak_transforms",
     "guard",
     "settle_windows",
+    "norm_stats",
+    "statistics_candidates",
     "amp",
 )
 SLIDING_KEYS = (
@@ -158,13 +160,22 @@ class _Pipeline:
     """One bundle's pipeline on one device: the four stages and the two inferers."""
 
     def __init__(
-        self, bundle_dir: Path, device: torch.device, output_dir: str, device_preprocessing: bool
+        self,
+        bundle_dir: Path,
+        device: torch.device,
+        output_dir: str,
+        device_preprocessing: bool,
+        settings: dict | None = None,
     ) -> None:
         parser = ConfigParser()
         parser.read_config(str(bundle_dir / "configs" / "inference.json"))
         parser["bundle_root"] = str(bundle_dir)
         parser["output_dir"] = output_dir
         parser["device"] = f"$torch.device('{device}')"
+        for key, value in (settings or {}).items():
+            if key not in parser["inferer"]:
+                raise ValueError(f"--settings: the bundle's inferer has no setting {key!r}.")
+            parser[f"inferer#{key}"] = list(value) if isinstance(value, tuple) else value
         self.parser, self.device = parser, device
         self.load, self.preprocess, self.postprocess, self.write = split_pipeline(
             parser.get_parsed_content("preprocessing"),
@@ -322,6 +333,7 @@ def run_throughput(
     device_preprocessing: bool = False,
     writers: int = 0,
     streams: int = 1,
+    settings: dict | None = None,
     limit: int | None = None,
     overwrite: bool = False,
 ) -> dict:
@@ -343,6 +355,7 @@ def run_throughput(
         writers: threads that post-process and write the outputs while the inferring threads infer the
             next volumes; 0 does both in the inferring thread, after each volume.
         streams: threads that infer volumes at once, each in its own CUDA stream (1: one at a time).
+        settings: the bundle inferer's settings to replace, e.g. ``{"settle_windows": 4}``.
         limit: only the first ``limit`` volumes.
         overwrite: replace existing result files.
 
@@ -359,10 +372,13 @@ def run_throughput(
         or (limit is not None and limit < 1)
         or (num_workers is not None and num_workers < 0)
         or writers < 0
+        or streams < 1
     ):
         raise ValueError(
-            "need --repeats >= 1, --limit >= 1, --num_workers >= 0 and --writers >= 0."
+            "need --repeats >= 1, --limit >= 1, --num_workers >= 0, --writers >= 0 and --streams >= 1."
         )
+    if settings is not None and not isinstance(settings, dict):
+        raise ValueError(f"--settings must be a dict of inferer settings, got {settings!r}.")
     outputs = [Path(out_dir) / f"{name}.{ext}" for ext in ("json", "md")]
     existing = [str(p) for p in outputs if p.exists()]
     if existing and not overwrite:
@@ -373,7 +389,9 @@ def run_throughput(
     dataset = paths.data_dir(dataset_dir, "abdomen/mr")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        pipe = _Pipeline(paths.bundle_dir(bundle_dir), dev, tmp, bool(device_preprocessing))
+        pipe = _Pipeline(
+            paths.bundle_dir(bundle_dir), dev, tmp, bool(device_preprocessing), settings
+        )
         items = pipe.volumes(dataset)[:limit]
         if not items:
             raise ValueError(f"no volumes in {dataset}.")
@@ -406,6 +424,7 @@ def run_throughput(
             "device_preprocessing": bool(device_preprocessing),
             "writers": writers,
             "streams": streams,
+            "overrides": settings or {},
             "plain": {"method": "SlidingWindowInferer", **pipe.sliding},
             "grata": reports["grata"].get("settings", {}),
         },
