@@ -449,10 +449,20 @@ def _mean_pass(passes: list[dict]) -> dict:
     }
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _writing(writers: int) -> str:
     if not writers:
         return "post-processing and writing in the inferring thread"
-    return f"post-processing and writing in {writers} thread{'s' if writers > 1 else ''}"
+    return f"post-processing and writing in {_count(writers, 'thread')}"
+
+
+def _inferring(streams: int) -> str:
+    if streams == 1:
+        return "one volume inferred at a time"
+    return f"{streams} volumes inferred at once, each in its own thread and CUDA stream"
 
 
 def write_markdown(results: dict) -> str:
@@ -463,11 +473,12 @@ def write_markdown(results: dict) -> str:
         f"# Throughput: {results['device']}",
         "",
         (
-            f"Revision `{results['git_revision']}`; {len(s['volumes'])} volumes from `{s['dataset_dir']}`, "
+            f"Revision `{results['git_revision']}`; {_count(len(s['volumes']), 'volume')} from "
+            f"`{s['dataset_dir']}`, "
             f"{s['repeats']} passes per method; {s['num_workers']} loader workers, preprocessing on "
             f"{'the device' if s['device_preprocessing'] else 'the CPU workers'}; "
-            f"{_writing(s.get('writers', 0))}; {s.get('streams', 1)} inferring thread(s), each with its "
-            f"own CUDA stream; {results['cpu_count']} cores, "
+            f"{_writing(s.get('writers', 0))}; {_inferring(s.get('streams', 1))}; "
+            f"{results['cpu_count']} cores, "
             f"{results['torch_threads']} torch threads, load average {results['load_average']['before'][0]:.1f} "
             f"before and {results['load_average']['after'][0]:.1f} after. Seconds are means per volume; "
             "load and CPU preprocessing overlap compute, `wait` is the loop's stall for them; "
