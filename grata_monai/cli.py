@@ -10,6 +10,7 @@ docstring as plain text.
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 import sys
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from grata_monai.bench.methods import METHODS
 from grata_monai.bench.report import write_report
 from grata_monai.bench.study import run_study
 from grata_monai.bench.throughput import run_throughput
+from grata_monai.bundle.io import as_bool
 from grata_monai.bundle.wrap import wrap_command
 
 __all__ = ["COMMANDS", "benchmark", "segment", "plain", "command", "main"]
@@ -44,11 +46,20 @@ def plain(text: str) -> str:
 
 
 def command(function: Callable, quiet: bool = False) -> Callable:
-    """``function`` as a fire command: its help in plain text and, when ``quiet``, its (large) return
-    value not printed (it is written to files)."""
+    """``function`` as a fire command: its help in plain text, its boolean options read strictly
+    (fire passes ``--flag false`` as the string 'false', which Python takes for True) and, when
+    ``quiet``, its (large) return value not printed (it is written to files)."""
+    flags = [
+        name
+        for name, p in inspect.signature(function).parameters.items()
+        if p.annotation in (bool, "bool")
+    ]
 
     @functools.wraps(function)
     def run(*args: Any, **kwargs: Any) -> Any:
+        for name in flags:
+            if name in kwargs:
+                kwargs[name] = as_bool(kwargs[name], name)
         result = function(*args, **kwargs)
         return None if quiet else result
 

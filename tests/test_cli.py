@@ -95,3 +95,20 @@ def test_segment_one_file_of_the_sample(tmp_path):
     ]
     report = json.loads((out / "mr_01_image_seg_report.json").read_text())
     assert len(report["steps"]) == 1 and report["settings"]["patches_per_step"] == 1
+
+
+def test_boolean_options_are_read_strictly():
+    """fire passes `--flag false` as the string 'false': the commands read it as False, and refuse a
+    value that is no boolean."""
+    from grata_monai.bundle.io import BadSetting
+    from grata_monai.cli import command
+
+    def job(device_preprocessing: bool = False, name: str = "x") -> tuple:
+        return device_preprocessing, name
+
+    run = command(job)
+    assert run(device_preprocessing="false", name="false") == (False, "false")
+    assert run(device_preprocessing="true") == (True, "x")
+    assert run(device_preprocessing=False) == (False, "x")
+    with pytest.raises(BadSetting, match="device_preprocessing"):
+        run(device_preprocessing="flase")
