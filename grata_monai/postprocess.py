@@ -7,8 +7,7 @@ them, but fails when a false blob is larger than the organ: the blob wins and th
 never deleted) and chooses it jointly for all organs: the largest candidates are scored by their
 size and by how well the organs' relative positions (centroid offsets in world millimetres) match an
 :class:`OrganLayout` learnt from the source's training labels. Without a layout it is MONAI's
-``KeepLargestConnectedComponent`` per organ. Components are labelled with scikit-image (cuCIM's
-``cucim.skimage`` for CUDA tensors when installed).
+``KeepLargestConnectedComponent`` per organ. Components are labelled with scikit-image on the CPU.
 
 :class:`KeepOrganComponentsd` is the MONAI transform the bundle's ``postprocessing`` names.
 """
@@ -36,8 +35,6 @@ __all__ = [
 ]
 
 measure, _ = optional_import("skimage.measure")
-cucim_measure, has_cucim = optional_import("cucim.skimage.measure")
-cupy, _ = optional_import("cupy")
 
 MAX_COMBINATIONS = (
     4096  # joint choices scored per volume (candidates per organ shrink with more organs)
@@ -123,13 +120,9 @@ def fit_layout(
     return OrganLayout(tuple(sorted(int(o) for o in organs)), mean, std)
 
 
-def _label_components(label: torch.Tensor) -> np.ndarray:
+def _label_components(label: np.ndarray) -> np.ndarray:
     """Connected regions of equal non-zero value (full connectivity) of a label map, in one pass."""
-    if label.is_cuda and has_cucim:
-        return cupy.asnumpy(
-            cucim_measure.label(cupy.asarray(label), background=0, connectivity=label.ndim)
-        )
-    return measure.label(label.cpu().numpy(), background=0, connectivity=label.ndim)
+    return measure.label(label, background=0, connectivity=label.ndim)
 
 
 @dataclass(frozen=True)
@@ -145,7 +138,7 @@ class Component:
 def components(label: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, list[Component]]:
     """Label the connected components of every organ of ``label`` (*spatial) at once; return the
     component image and the components, with sizes and world centroids."""
-    image = _label_components(torch.as_tensor(label))
+    image = _label_components(np.asarray(label))
     fg = np.flatnonzero(image)  # organ voxels only: a few percent of the volume
     ids = image.ravel()[fg]
     sizes = np.bincount(ids)
