@@ -90,7 +90,7 @@ PRESETS = {
 # statistics settled on the two windows with the most body, where the source's and the volume's own
 # statistics are compared before one prediction of the volume. That keeps GraTa within 2x plain end
 # to end (docs/benchmarks/throughput_cpu.md) for 1.5 dev Dice below the GPU settings; four windows
-# give 1.2 of it back at 2.6x (docs/benchmarks/cpu_preset.json).
+# give 1.2 of it back at 2.5x (docs/benchmarks/cpu_preset.json, throughput_cpu_4_windows.md).
 DEVICE_SETTINGS = {
     "cuda": {
         "patches_per_step": PATCHES_PER_STEP,
