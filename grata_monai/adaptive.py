@@ -293,7 +293,7 @@ class AdaptiveInferer(Inferer):
     def working_copy(self, source: nn.Module, device: torch.device) -> nn.Module:
         """This thread's copy of ``source`` on ``device``, its parameters and buffers set to the
         source's. The copy is made once per thread and source, then reset in place for every episode
-        (a tenth of the time of a fresh copy on a GPU); threads never share one."""
+        instead of copied afresh; threads never share one."""
         copies = vars(self._copies).setdefault("networks", weakref.WeakKeyDictionary())
         network = copies.get(source)
         if device.type == "cuda" and device.index is None:
