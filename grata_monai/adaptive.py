@@ -278,7 +278,8 @@ class AdaptiveInferer(Inferer):
         )
         self._episode: Episode | None = None  # the continual state
         self._lock = threading.Lock()
-        self._copies = threading.local()  # each thread's working copy of each source network
+        self._idle = weakref.WeakKeyDictionary()  # per source network: working copies not in use
+        self._pool_lock = threading.Lock()
 
     # --- the method: configure, adapt, reset ---------------------------------------------------
     def configure(self, source: nn.Module, device: torch.device) -> Episode:
@@ -291,22 +292,30 @@ class AdaptiveInferer(Inferer):
         )
 
     def working_copy(self, source: nn.Module, device: torch.device) -> nn.Module:
-        """This thread's copy of ``source`` on ``device``, its parameters and buffers set to the
-        source's. The copy is made once per thread and source, then reset in place for every episode
-        instead of copied afresh; threads never share one."""
-        copies = vars(self._copies).setdefault("networks", weakref.WeakKeyDictionary())
-        network = copies.get(source)
+        """An idle copy of ``source`` on ``device``, its parameters and buffers set to the source's
+        (a fresh copy when none is idle). Episodic calls give theirs back when the volume is done
+        (:meth:`release`), so calls running at once never share a copy and each is reused instead
+        of copied afresh."""
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
-        if network is None or _device_of(network) != device:
-            network = copies[source] = copy.deepcopy(source).to(device)
-            return network
+        with self._pool_lock:
+            idle = self._idle.setdefault(source, [])
+            network = next((n for n in idle if _device_of(n) == device), None)
+            if network is not None:
+                idle.remove(network)
+        if network is None:
+            return copy.deepcopy(source).to(device)
         with torch.no_grad():
             state = network.state_dict()
             torch._foreach_copy_(
                 list(state.values()), [t.to(device) for t in source.state_dict().values()]
             )
         return network
+
+    def release(self, episode: Episode) -> None:
+        """Give ``episode``'s working copy back for the next volume (episodic calls, once done)."""
+        with self._pool_lock:
+            self._idle.setdefault(episode.source, []).append(episode.network)
 
     @abstractmethod
     def adapt_step(self, episode: Episode, x: torch.Tensor) -> StepRecord:
@@ -498,6 +507,8 @@ class AdaptiveInferer(Inferer):
                 self.settle(episode, volume, device, report)
                 logits = self.sliding(batch, episode.network)
         report.total_seconds = _seconds_since(start, device)
+        if self.episodic:
+            self.release(episode)
         return logits, report
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> MetaTensor:

@@ -486,26 +486,23 @@ def test_entropy_rule_on_settle_windows_compares_there_and_predicts_once(unet, v
     )
 
 
-def test_working_copy_is_one_per_thread_and_reset_to_the_source(unet, volume):
-    """Episodes reuse this thread's copy of the source, reset to the source's weights and statistics;
-    another thread gets its own."""
-    import threading
-
+def test_working_copies_are_reused_once_released_and_reset_to_the_source(unet, volume):
+    """A released working copy serves the next volume, reset to the source's weights and statistics;
+    copies in use (calls running at once) are never shared."""
     inferer = grata(steps=1)
-    first = inferer.configure(unet, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    first = inferer.configure(unet, cpu)
     with torch.no_grad():
         first.params[0].add_(1.0)
-        first.network.state_dict()[
-            next(k for k in first.network.state_dict() if "running_mean" in k)
-        ].add_(1.0)
-    second = inferer.configure(unet, torch.device("cpu"))
-    assert second.network is first.network
+        state = first.network.state_dict()
+        state[next(k for k in state if "running_mean" in k)].add_(1.0)
+    busy = inferer.configure(unet, cpu)
+    assert busy.network is not first.network
+    inferer.release(first)
+    again = inferer.configure(unet, cpu)
+    assert again.network is first.network
     for name, value in unet.state_dict().items():
-        assert torch.equal(second.network.state_dict()[name], value), name
-    other = []
-    thread = threading.Thread(
-        target=lambda: other.append(inferer.configure(unet, torch.device("cpu")))
-    )
-    thread.start()
-    thread.join()
-    assert other[0].network is not first.network
+        assert torch.equal(again.network.state_dict()[name], value), name
+    with torch.no_grad():
+        one, two = inferer(volume, unet), inferer(volume, unet)
+    assert torch.equal(torch.as_tensor(one), torch.as_tensor(two))
