@@ -420,22 +420,25 @@ class AdaptiveInferer(Inferer):
             report.domain_distance = histogram_distance(volume, self.reference_histogram)
             weight = volume_weight(report.domain_distance, self.blend_range)
         if weight > 0:
-            self.settle_volume(episode.network, volume, device)
+            self.settle_volume(episode.network, self.volume_windows(volume, device), device)
         blend_batch_norm_statistics(episode.network, episode.source, weight)
         episode.network.eval()
         report.volume_statistics_weight = weight
 
-    def settle_volume(self, network: nn.Module, volume: torch.Tensor, device: torch.device) -> None:
-        """Set ``network``'s BatchNorm statistics to the mean of its windows' own (``settle_windows`` of
-        them). Eager networks on CUDA take the windows in batches as large as the statistics rule's passes
+    def volume_windows(self, volume: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The windows the volume's statistics come from (``settle_windows`` of them), as one batch."""
+        return torch.cat(list(windows(volume, self.roi_size, device, self.settle_windows)))
+
+    def settle_volume(self, network: nn.Module, tiles: torch.Tensor, device: torch.device) -> None:
+        """Set ``network``'s BatchNorm statistics to the mean of the windows' ``tiles`` own. Eager
+        networks on CUDA take them in batches as large as the statistics rule's passes
         (:mod:`grata_monai.stacked_norms`), others one at a time; the statistics are the same."""
         if _stacks(network, device):
-            batch = self.sliding.sw_batch_size * len(self.statistics_candidates)
-            tiles = windows(volume, self.roi_size, device, self.settle_windows, batch)
-            settle_per_window(network, tiles)
+            settle_per_window(
+                network, tiles.split(self.sliding.sw_batch_size * len(self.statistics_candidates))
+            )
         else:
-            tiles = windows(volume, self.roi_size, device, self.settle_windows)
-            settle_batch_norm_statistics(network, tiles)
+            settle_batch_norm_statistics(network, tiles.split(1))
 
     def least_uncertain(
         self,
@@ -451,7 +454,8 @@ class AdaptiveInferer(Inferer):
         once. Eager networks on CUDA predict all candidates in one pass
         (:mod:`grata_monai.stacked_norms`), others one candidate at a time."""
         network = episode.network
-        self.settle_volume(network, volume, device)
+        tiles = self.volume_windows(volume, device)
+        self.settle_volume(network, tiles, device)
         own = batch_norm_statistics(network)
         source = batch_norm_statistics(episode.source)
         weights = self.statistics_candidates
@@ -465,7 +469,6 @@ class AdaptiveInferer(Inferer):
         if self.settle_windows is None:
             outputs = _each(network, candidates, device, lambda f: self.sliding(batch, f))
         else:
-            tiles = torch.cat(list(windows(volume, self.roi_size, device, self.settle_windows)))
             outputs = _each(network, candidates, device, lambda f: f(tiles))
         entropies = [foreground_entropy(logits, self.sigmoid) for logits in outputs]
         report.statistics_entropy = {f"{w:g}": e for w, e in zip(weights, entropies)}

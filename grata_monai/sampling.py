@@ -53,26 +53,21 @@ def body_patches(
 
 
 def windows(
-    volume: torch.Tensor,
-    roi_size: Sequence[int],
-    device: torch.device,
-    limit: int | None = None,
-    batch: int = 1,
+    volume: torch.Tensor, roi_size: Sequence[int], device: torch.device, limit: int | None = None
 ) -> Iterator[torch.Tensor]:
-    """Non-overlapping roi-sized windows covering ``volume`` (C, *spatial), in batches of up to
-    ``batch`` windows (for settling the normalization statistics of the whole volume).
+    """Non-overlapping roi-sized windows covering ``volume`` (C, *spatial), one batch of one at a time
+    (for settling the normalization statistics of the whole volume).
 
     Args:
         volume: the volume, channel first.
         roi_size: the window size.
         device: where the windows are.
         limit: only the ``limit`` windows of the highest mean intensity (the most body), in tiling order.
-        batch: windows per batch.
     """
     volume = convert_to_tensor(SpatialPad(roi_size)(volume), track_meta=False)
     slices = [(slice(None), *s) for s in dense_patch_slices(volume.shape[1:], roi_size, roi_size)]
     if limit is not None and limit < len(slices):
         means = torch.stack([volume[s].float().mean() for s in slices])
         slices = [slices[i] for i in sorted(means.topk(limit).indices.tolist())]
-    for i in range(0, len(slices), batch):
-        yield torch.stack([volume[s] for s in slices[i : i + batch]]).to(device)
+    for s in slices:
+        yield volume[s][None].to(device)

@@ -239,10 +239,8 @@ class _Pipeline:
     def finish(self, batch: dict, pred: torch.Tensor, times: dict) -> None:
         """Post-process and write one volume; ``times`` gets both stages' seconds."""
         clock = time.perf_counter()
-        for tensor in (
-            batch["image"],
-            pred,
-        ):  # made in another thread's stream: keep them for this one
+        # made in another thread's CUDA stream: keep their memory for this thread's stream too
+        for tensor in (batch["image"], pred):
             if tensor.is_cuda:
                 tensor.record_stream(torch.cuda.current_stream(tensor.device))
         decollate = Decollated(keys=None, detach=True)
