@@ -1,6 +1,8 @@
 """Where one volume's GPU time goes in the bundle's inferer: its phases, timed, and their kernel launches.
 
-Usage: python docs/benchmarks/adapt_profile.py DATASET_DIR OUT.json [LIMIT]
+Usage: python docs/benchmarks/adapt_profile.py DATASET_DIR OUT.json [LIMIT] [SETTINGS]
+
+SETTINGS: the bundle inferer's settings to replace, as JSON, e.g. '{"cuda_graphs": false}'.
 
 Per volume (preprocessed as ``inference.json`` does, on the GPU): *copy* (the working copy of the
 network), *adapt* (the guard's two checks and the GraTa step), *statistics* (the volume's statistics
@@ -130,16 +132,17 @@ def phases(pipe: _Pipeline, batch: torch.Tensor, counted: str | None = None) -> 
         lap("argmax")
         keep({"pred": label})
         lap("keep_organ_components")
+    inferer.release(episode)  # as the inferer does: the next volume reuses this working copy
     if counted is not None:
         times["kernels"] = sum(1 for e in prof.events() if e.device_type.name == "CUDA")
         times["table"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
     return times
 
 
-def main(dataset_dir: str, out: str, limit: int = 8) -> None:
+def main(dataset_dir: str, out: str, limit: int = 8, settings: dict | None = None) -> None:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        pipe = _Pipeline(Path("bundle"), dev, tmp, device_preprocessing=True)
+        pipe = _Pipeline(Path("bundle"), dev, tmp, device_preprocessing=True, settings=settings)
         items = pipe.volumes(Path(dataset_dir))[:limit]
         batches = []
         for item in items:
@@ -167,4 +170,5 @@ def main(dataset_dir: str, out: str, limit: int = 8) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], *(int(a) for a in sys.argv[3:]))
+    limit = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+    main(sys.argv[1], sys.argv[2], limit, json.loads(sys.argv[4]) if len(sys.argv) > 4 else None)
