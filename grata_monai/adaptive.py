@@ -32,6 +32,7 @@ from grata_monai import defaults
 from grata_monai.alignment import StepRecord
 from grata_monai.audit import VolumeReport, attach_reports, checksum
 from grata_monai.domain import foreground_entropy, histogram_distance, volume_weight
+from grata_monai.graphs import CapturedPasses
 from grata_monai.guard import DivergenceGuard, measure
 from grata_monai.norms import (
     PARAM_SCOPES,
@@ -105,13 +106,15 @@ def check_inputs(inputs: torch.Tensor, network: nn.Module, spatial_dims: int) ->
 
 @dataclass
 class Episode:
-    """The adapted state: a working copy of the network, its adapted parameters and optimizer."""
+    """The adapted state: a working copy of the network, its adapted parameters and optimizer.
+    ``passes`` runs the network in the adaptation: the network itself, or its CUDA graphs."""
 
     source: nn.Module
     network: nn.Module
     params: list[nn.Parameter]
     optimizer: torch.optim.Optimizer
     rng: np.random.RandomState
+    passes: nn.Module
     state: dict = field(default_factory=dict)  # method-specific state, e.g. the losses
 
 
@@ -157,6 +160,8 @@ class AdaptiveInferer(Inferer):
         blend_range: the histogram distances where ``"auto"`` starts and ends blending.
         adapt_params: which parameters adapt, from ``norms.PARAM_SCOPES`` (``"norm"``: the paper's
             norm-layer affine parameters).
+        cuda_graphs: on CUDA, run the adaptation's network passes as CUDA graphs, captured once per
+            working copy (:mod:`grata_monai.graphs`); False: eagerly. No effect on a CPU.
         guard: check the adaptation on held-out patches (:mod:`grata_monai.guard`) and fall back
             to the unadapted weights for the volume when it diverged or got worse (continual mode:
             reset to the source weights); the reason is in the volume's report. True: a
@@ -194,6 +199,7 @@ class AdaptiveInferer(Inferer):
         blend_range: Sequence[float] = defaults.BLEND_RANGE,
         adapt_params: str = "norm",
         guard: bool | DivergenceGuard = True,
+        cuda_graphs: bool = defaults.CUDA_GRAPHS,
         mode: str = "constant",
         sigma_scale: Sequence[float] | float = 0.125,
         padding_mode: str = "constant",
@@ -234,6 +240,10 @@ class AdaptiveInferer(Inferer):
             raise ValueError(
                 f"Need steps >= 0 and patches_per_step >= 1, got {steps} and {patches_per_step}."
             )
+        flags = {"episodic": episodic, "amp": amp, "sigmoid": sigmoid, "cuda_graphs": cuda_graphs}
+        for name, value in flags.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {value!r}.")
         if not isinstance(guard, (bool, DivergenceGuard)):
             raise ValueError(
                 f"guard must be True, False or a DivergenceGuard, got {type(guard).__name__}."
@@ -276,9 +286,11 @@ class AdaptiveInferer(Inferer):
         self.guard = (
             guard if isinstance(guard, DivergenceGuard) else DivergenceGuard() if guard else None
         )
+        self.cuda_graphs = cuda_graphs
         self._episode: Episode | None = None  # the continual state
         self._lock = threading.Lock()
         self._idle = weakref.WeakKeyDictionary()  # per source network: working copies not in use
+        self._graphs = weakref.WeakKeyDictionary()  # per working copy: its CapturedPasses
         self._pool_lock = threading.Lock()
 
     # --- the method: configure, adapt, reset ---------------------------------------------------
@@ -287,9 +299,13 @@ class AdaptiveInferer(Inferer):
         network = self.working_copy(source, device)
         params = configure_model(network, self.adapt_params)
         opt_cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD
-        return Episode(
-            source, network, params, opt_cls(params, lr=self.lr0), np.random.RandomState(self.seed)
-        )
+        passes = network
+        if self.cuda_graphs and device.type == "cuda":
+            passes = self._graphs.get(network)
+            if passes is None:
+                passes = self._graphs[network] = CapturedPasses(network, params)
+        rng = np.random.RandomState(self.seed)
+        return Episode(source, network, params, opt_cls(params, lr=self.lr0), rng, passes)
 
     def working_copy(self, source: nn.Module, device: torch.device) -> nn.Module:
         """An idle copy of ``source`` on ``device``, its parameters and buffers set to the source's
@@ -356,6 +372,7 @@ class AdaptiveInferer(Inferer):
             "statistics_candidates",
             "patch_size",
             "settle_windows",
+            "cuda_graphs",
         )
         return {
             "method": self.method,
@@ -391,12 +408,12 @@ class AdaptiveInferer(Inferer):
         if self.guard is not None:
             heldout = sample()
             theta0 = [p.detach().clone() for p in episode.params]
-            before = measure(episode.network, heldout, self.sigmoid)
+            before = measure(episode.passes, heldout, self.sigmoid)
         for _ in range(self.steps):
             report.steps.append(asdict(self.adapt_step(episode, sample())))
         if self.guard is None:
             return episode
-        after = measure(episode.network, heldout, self.sigmoid)
+        after = measure(episode.passes, heldout, self.sigmoid)
         losses = [s["aux_loss"] for s in report.steps]
         report.guard = self.guard.decide(
             before, after, episode.params, losses, self.sync_ranks, device

@@ -50,7 +50,7 @@ class TentInferer(AdaptiveInferer):
     method = "tent"
 
     def adapt_step(self, episode: Episode, x: torch.Tensor) -> StepRecord:
-        return self.descend(episode, entropy(episode.network(x), self.sigmoid))
+        return self.descend(episode, entropy(episode.passes(x), self.sigmoid))
 
 
 class MemoInferer(AdaptiveInferer):
@@ -74,6 +74,6 @@ class MemoInferer(AdaptiveInferer):
             augment = episode.state["augment"] = strong_augmentation()
             augment.set_random_state(state=episode.rng)
         views = torch.cat([augment_each(augment, x) for _ in range(self.n_aug)])
-        probs = probabilities(episode.network(views).float(), self.sigmoid)
+        probs = probabilities(episode.passes(views).float(), self.sigmoid)
         marginal = probs.reshape(self.n_aug, *x.shape[:1], *probs.shape[1:]).mean(dim=0)
         return self.descend(episode, probability_entropy(marginal))

@@ -22,6 +22,7 @@ __all__ = [
     "BATCH_VIEWS",
     "EPISODIC",
     "AMP",
+    "CUDA_GRAPHS",
     "SEED",
     "ORGANS",
     "PRESETS",
@@ -48,6 +49,8 @@ WEAK_TRANSFORMS = ("flip1", "flip2")
 BATCH_VIEWS = True  # predict the weak views in one batch
 EPISODIC = True  # every volume starts from the source weights
 AMP = True  # bfloat16 autocast, on CUDA only
+# The adaptation's network passes as CUDA graphs (grata_monai.graphs), on CUDA only.
+CUDA_GRAPHS = True
 SEED = 0
 ORGANS = ("liver", "right kidney", "left kidney", "spleen")  # output channels 1..4 (0: background)
 # norm_stats="auto" (grata_monai.domain): the intensity-histogram distance to the source training

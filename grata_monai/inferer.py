@@ -101,6 +101,7 @@ class GraTaInferer(AdaptiveInferer):
         blend_range: Sequence[float] = defaults.BLEND_RANGE,
         adapt_params: str = _presettable("norm"),
         guard: bool | DivergenceGuard = _presettable(True),
+        cuda_graphs: bool = defaults.CUDA_GRAPHS,
         perturb_scale: float = _presettable(defaults.PERTURB_SCALE),
         weak_transforms: Sequence[str] = _presettable(defaults.WEAK_TRANSFORMS),
         strong: str = _presettable("paper"),
@@ -160,6 +161,7 @@ class GraTaInferer(AdaptiveInferer):
             blend_range=blend_range,
             adapt_params=s["adapt_params"],
             guard=s["guard"],
+            cuda_graphs=cuda_graphs,
             mode=mode,
             sigma_scale=sigma_scale,
             padding_mode=padding_mode,
@@ -223,7 +225,7 @@ class GraTaInferer(AdaptiveInferer):
                 self._consistency(episode.rng),
             )
         return grata_step(
-            episode.network,
+            episode.passes,
             episode.params,
             episode.optimizer,
             x,

@@ -150,6 +150,7 @@ def test_bundle_settings_are_the_library_defaults():
         "batch_views": defaults.BATCH_VIEWS,
         "episodic": defaults.EPISODIC,
         "amp": defaults.AMP,
+        "cuda_graphs": defaults.CUDA_GRAPHS,
         "seed": defaults.SEED,
         "norm_stats": defaults.BUNDLE_NORM_STATS,
         "reference_histogram": "@reference_histogram",
