@@ -147,4 +147,7 @@ class CapturedPasses(nn.Module):
                 grads = torch.autograd.grad(out, params, graph.grad_out, allow_unused=True)
             by_param = dict(zip(map(id, params), grads))
             graph.grads = [by_param.get(id(p)) for p in self.params]
+            graph.out = (
+                out.detach()
+            )  # frees the captured autograd graph (and its side-stream nodes)
         return graph
