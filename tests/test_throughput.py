@@ -15,9 +15,10 @@ from grata_monai.bench.throughput import (
     STAGES,
     run_throughput,
     split_pipeline,
+    write_markdown,
 )
 from grata_monai.defaults import loader_workers
-from tests.conftest import BUNDLE_DIR, tiny_unet
+from tests.conftest import BUNDLE_DIR, ROOT, tiny_unet
 
 
 def _nifti(path, shape=(44, 40, 22), spacing=(1.8, 2.2, 4.5), seed=0) -> str:
@@ -169,3 +170,12 @@ def test_run_throughput_replaces_inferer_settings(tiny_bundle, tmp_path):
     grata = results["settings"]["grata"]
     assert grata["settle_windows"] == 1 and list(grata["statistics_candidates"]) == [0.0, 1.0]
     assert results["settings"]["overrides"]["settle_windows"] == 1
+
+
+@pytest.mark.parametrize(
+    "results", sorted((ROOT / "docs" / "benchmarks").glob("throughput*.json")), ids=lambda p: p.stem
+)
+def test_committed_tables_are_generated_from_their_results(results):
+    """Each committed throughput table is write_markdown of its JSON file (notes included)."""
+    table = results.with_suffix(".md").read_text()
+    assert table == write_markdown(json.loads(results.read_text()))

@@ -489,7 +489,7 @@ def write_markdown(results: dict) -> str:
         "",
         (
             f"Plain: `SlidingWindowInferer` {json.dumps(s['plain'])}. GraTa: the bundle's `inferer` "
-            f"{json.dumps({k: s['grata'].get(k) for k in GRATA_KEYS})}."
+            f"{json.dumps({k: s['grata'][k] for k in GRATA_KEYS if k in s['grata']})}."
         ),
         "",
         f"| method | volumes/s | {' | '.join(STAGES)} | {memory} (MiB) |",
@@ -505,4 +505,6 @@ def write_markdown(results: dict) -> str:
         f"GraTa/plain time per volume: **{results['grata_over_plain']:.2f}x** (same run).",
         "",
     ]
+    if results.get("note"):  # what the run's files cannot say (e.g. the machine's history)
+        lines += [results["note"], ""]
     return "\n".join(lines)
