@@ -504,7 +504,8 @@ class AdaptiveInferer(Inferer):
             batch[0], track_meta=False
         )  # MetaTensor ops are slow in the hot loop
         amp = self.amp and device.type == "cuda"  # bfloat16 autocast on CUDA only
-        settings = {**self.settings(), "amp": amp}  # what was used, not what was asked
+        graphs = self.cuda_graphs and device.type == "cuda"
+        settings = {**self.settings(), "amp": amp, "cuda_graphs": graphs}  # used, not asked
         report = VolumeReport(
             self.method,
             settings,

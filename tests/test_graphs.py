@@ -34,7 +34,13 @@ def _grads(forward, params, x: torch.Tensor) -> list[torch.Tensor]:
     return list(torch.autograd.grad(forward(x).softmax(1)[:, 1].mean(), params))
 
 
-def test_off_cuda_the_passes_are_the_network():
+def test_off_cuda_the_passes_are_the_network(volume):
+    """On a CPU the passes run the network itself, and the report says graphs were not used."""
+    with torch.no_grad():
+        (report,) = reports_of(
+            GraTaInferer(roi_size=(16, 16, 16), cuda_graphs=True)(volume, tiny_unet())
+        )
+    assert report["settings"]["cuda_graphs"] is False
     eager, eager_params, passes, params = _pair("cpu")
     x = _batch("cpu", 0)
     with torch.no_grad():

@@ -413,12 +413,8 @@ def test_guard_thresholds_and_abstract_step():
     )
     with pytest.raises(ValueError, match="guard must be"):
         GraTaInferer(ROI, guard="yes")
-    for flag in (
-        "episodic",
-        "amp",
-        "sigmoid",
-        "cuda_graphs",
-    ):  # "false" from a command line is truthy
+    # "false" from a command line is truthy
+    for flag in ("episodic", "amp", "sigmoid", "cuda_graphs"):
         with pytest.raises(ValueError, match=f"{flag} must be True or False, got 'false'"):
             GraTaInferer(ROI, **{flag: "false"})
     with pytest.raises(TypeError, match="adapt_step"):
