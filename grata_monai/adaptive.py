@@ -18,7 +18,7 @@ import time
 import weakref
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -30,10 +30,10 @@ from torch import nn
 
 from grata_monai import defaults
 from grata_monai.alignment import StepRecord
-from grata_monai.audit import VolumeReport, attach_reports, checksum
+from grata_monai.audit import VolumeReport, attach_reports, checksum, to_host
 from grata_monai.domain import foreground_entropy, histogram_distance, volume_weight
 from grata_monai.graphs import CapturedPasses
-from grata_monai.guard import DivergenceGuard, measure
+from grata_monai.guard import DivergenceGuard, Signals, all_finite, signals
 from grata_monai.norms import (
     PARAM_SCOPES,
     batch_norm_statistics,
@@ -304,8 +304,12 @@ class AdaptiveInferer(Inferer):
             passes = self._graphs.get(network)
             if passes is None:
                 passes = self._graphs[network] = CapturedPasses(network, params)
+        # On CUDA a fused step, its learning rate a tensor: GraTa sets its rate without a wait.
+        cuda = device.type == "cuda"
+        lr = torch.tensor(self.lr0, device=device) if cuda else self.lr0
+        optimizer = opt_cls(params, lr=lr, fused=cuda or None)
         rng = np.random.RandomState(self.seed)
-        return Episode(source, network, params, opt_cls(params, lr=self.lr0), rng, passes)
+        return Episode(source, network, params, optimizer, rng, passes)
 
     def working_copy(self, source: nn.Module, device: torch.device) -> nn.Module:
         """An idle copy of ``source`` on ``device``, its parameters and buffers set to the source's
@@ -341,11 +345,10 @@ class AdaptiveInferer(Inferer):
         """A plain optimizer step on ``loss`` with the fixed ``lr0`` (the gradient baselines' update)."""
         episode.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        for group in episode.optimizer.param_groups:
-            group["lr"] = self.lr0
         episode.optimizer.step()
         episode.optimizer.zero_grad(set_to_none=True)
-        return StepRecord(loss.item(), float("nan"), float("nan"), self.lr0)
+        nan = loss.new_tensor(float("nan"))
+        return StepRecord(loss.detach(), nan, nan, loss.new_tensor(self.lr0))
 
     def reset(self) -> None:
         """Drop the continually adapted state; the next call starts from the source weights."""
@@ -405,19 +408,20 @@ class AdaptiveInferer(Inferer):
             device,
             self.foreground_threshold,
         )
+        checks = []  # the guard's values, read with the steps' after the last step
         if self.guard is not None:
             heldout = sample()
             theta0 = [p.detach().clone() for p in episode.params]
-            before = measure(episode.passes, heldout, self.sigmoid)
-        for _ in range(self.steps):
-            report.steps.append(asdict(self.adapt_step(episode, sample())))
+            checks.append(signals(episode.passes, heldout, self.sigmoid))
+        records = [self.adapt_step(episode, sample()) for _ in range(self.steps)]
+        if self.guard is not None:
+            checks += [signals(episode.passes, heldout, self.sigmoid), all_finite(episode.params)]
+        report.steps, checks = _read(records, checks)
         if self.guard is None:
             return episode
-        after = measure(episode.passes, heldout, self.sigmoid)
+        before, after, finite = Signals.of(checks[0]), Signals.of(checks[1]), checks[2][0] > 0
         losses = [s["aux_loss"] for s in report.steps]
-        report.guard = self.guard.decide(
-            before, after, episode.params, losses, self.sync_ranks, device
-        )
+        report.guard = self.guard.decide(before, after, finite, losses, self.sync_ranks, device)
         if report.guard is None:
             return episode
         if not self.episodic:
@@ -590,6 +594,18 @@ def _stacks(network: nn.Module, device: torch.device) -> bool:
     """Batched BatchNorm passes for ``network``: on CUDA, where they save kernel launches (on a CPU
     the loop of passes is faster), and for eager networks only."""
     return device.type == "cuda" and can_stack(network)
+
+
+def _read(
+    records: list[StepRecord], checks: list[torch.Tensor]
+) -> tuple[list[dict], list[list[float]]]:
+    """The steps' records as report entries, and the values of ``checks``, in one read."""
+    names = [f.name for f in fields(StepRecord)]
+    values = to_host([getattr(r, n) for r in records for n in names] + checks)
+    steps = [
+        {n: values[i * len(names) + j][0] for j, n in enumerate(names)} for i in range(len(records))
+    ]
+    return steps, values[len(steps) * len(names) :]
 
 
 def _device_of(network: nn.Module) -> torch.device | None:

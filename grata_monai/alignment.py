@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -14,28 +15,34 @@ from torch import nn
 __all__ = ["StepRecord", "cosine", "dynamic_lr", "grata_step"]
 
 Loss = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+T = TypeVar("T", float, torch.Tensor)
 
 
 @dataclass
 class StepRecord:
-    """What one update did: the two losses, the gradients' cosine and the learning rate used."""
+    """What one update did: the two losses, the gradients' cosine and the learning rate used.
 
-    aux_loss: float
-    pseudo_loss: float
-    cosine: float
-    lr: float
+    Each is a 0-dim tensor on the network's device, so an update never waits for the device;
+    ``float()`` reads one (``audit.to_host`` reads many at once).
+    """
+
+    aux_loss: torch.Tensor
+    pseudo_loss: torch.Tensor
+    cosine: torch.Tensor
+    lr: torch.Tensor
 
 
 def cosine(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
     """Cosine of two gradients, each a list of tensors flattened together."""
-    dot = sum((x * y).sum() for x, y in zip(a, b))
-    norm_a = torch.sqrt(sum((x * x).sum() for x in a))
-    norm_b = torch.sqrt(sum((y * y).sum() for y in b))
-    return dot / (norm_a * norm_b + 1e-12)
+    a = torch.cat([x.flatten() for x in a])
+    b = torch.cat([y.flatten() for y in b])
+    return (a * b).sum() / (
+        (a * a).sum().sqrt() * (b * b).sum().sqrt() + 1e-12
+    )  # elementwise: float32 under autocast
 
 
-def dynamic_lr(lr0: float, cos: float) -> float:
-    """The paper's learning-rate curve ``lr0 * (cos + 1)^2 / 4``."""
+def dynamic_lr(lr0: float, cos: T) -> T:
+    """The paper's learning-rate curve ``lr0 * (cos + 1)^2 / 4`` (of a float or a tensor)."""
     return lr0 * (cos + 1.0) ** 2 / 4.0
 
 
@@ -57,7 +64,9 @@ def grata_step(
     Args:
         network: the network being adapted (its norm layers already configured).
         params: the adapted parameters theta; ``optimizer`` must hold exactly these.
-        optimizer: the base optimizer (Adam in the paper); its learning rate is overwritten.
+        optimizer: the base optimizer (Adam in the paper); its learning rate is overwritten. Built
+            with a tensor learning rate (e.g. fused Adam on CUDA), it gets GraTa's as a tensor,
+            so the step never waits for the device; with a float one, the rate is read first.
         x: the test batch.
         aux_loss: L_aux(network, x), entropy by default.
         pseudo_loss: L_pse(network, x), consistency by default.
@@ -82,17 +91,17 @@ def grata_step(
     loss_pse = pseudo_loss(network, x)
     g_pse = reduce(torch.autograd.grad(loss_pse, params))
     # 4. alignment measure
-    cos = float(cosine(g_aux, g_pse))
+    cos = cosine(g_aux, g_pse).detach()
     # 5. restore theta
     with torch.no_grad():
         torch._foreach_copy_(params, theta)
     # 6. dynamic learning rate
-    lr = dynamic_lr(lr0, cos) if dynamic else lr0
+    lr = dynamic_lr(lr0, cos) if dynamic else cos.new_tensor(lr0)
     # 7. base optimizer step along g_p
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr if torch.is_tensor(group["lr"]) else float(lr)
     for p, g in zip(params, g_pse):
         p.grad = g
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepRecord(loss_aux.item(), loss_pse.item(), cos, lr)
+    return StepRecord(loss_aux.detach(), loss_pse.detach(), cos, lr)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import weakref
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 from monai.data import MetaTensor
 from torch import nn
 
-__all__ = ["REPORT_KEY", "VolumeReport", "checksum", "attach_reports", "reports_of"]
+__all__ = ["REPORT_KEY", "VolumeReport", "checksum", "attach_reports", "reports_of", "to_host"]
 
 REPORT_KEY = "grata_report"
 
@@ -71,6 +72,20 @@ def checksum(network: nn.Module) -> str:
         )
     _CHECKSUMS[network] = (versions, digest.hexdigest())
     return digest.hexdigest()
+
+
+def to_host(values: Sequence[torch.Tensor]) -> list[list[float]]:
+    """Each of ``values`` (tensors on one device) as a flat list of floats, all read in one transfer,
+    so the host waits for the device once per volume rather than once per value."""
+    if not values:
+        return []
+    device = values[0].device
+    flat = torch.cat([v.detach().to(device).float().reshape(-1) for v in values]).tolist()
+    out, start = [], 0
+    for v in values:
+        out.append(flat[start : start + v.numel()])
+        start += v.numel()
+    return out
 
 
 def attach_reports(logits: torch.Tensor, reports: list[VolumeReport]) -> MetaTensor:

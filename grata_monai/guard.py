@@ -23,7 +23,7 @@ from torch import nn
 from grata_monai.distributed import any_across_ranks
 from grata_monai.losses import entropy
 
-__all__ = ["Signals", "measure", "DivergenceGuard"]
+__all__ = ["Signals", "signals", "measure", "all_finite", "DivergenceGuard"]
 
 
 @dataclass
@@ -33,10 +33,16 @@ class Signals:
     entropy: float
     volumes: list[float]  # fraction of the voxels predicted as each class (background first)
 
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Signals:
+        """The signals from the values of :func:`signals`, read to the host."""
+        return cls(values[0], list(values[1:]))
+
 
 @torch.no_grad()
-def measure(network: nn.Module, patches: torch.Tensor, sigmoid: bool = False) -> Signals:
-    """Entropy and predicted per-class voxel fractions of ``network`` on ``patches``."""
+def signals(network: nn.Module, patches: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
+    """:func:`measure`'s signals as one tensor on the device, the entropy first: read them later,
+    with the volume's other values (``audit.to_host``), so measuring never waits for the device."""
     logits = network(patches).float()
     if sigmoid:
         volumes = (logits > 0).float().mean(dim=(0, *range(2, logits.ndim)))
@@ -45,7 +51,17 @@ def measure(network: nn.Module, patches: torch.Tensor, sigmoid: bool = False) ->
             torch.bincount(logits.argmax(1).flatten(), minlength=logits.shape[1])
             / logits[:, 0].numel()
         )
-    return Signals(entropy(logits, sigmoid).item(), volumes.tolist())
+    return torch.cat([entropy(logits, sigmoid).reshape(1), volumes])
+
+
+def measure(network: nn.Module, patches: torch.Tensor, sigmoid: bool = False) -> Signals:
+    """Entropy and predicted per-class voxel fractions of ``network`` on ``patches``."""
+    return Signals.of(signals(network, patches, sigmoid).tolist())
+
+
+def all_finite(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Whether every value of ``params`` is finite, as a tensor on their device (no wait for it)."""
+    return torch.isfinite(torch.cat([p.detach().flatten() for p in params])).all()
 
 
 @dataclass
@@ -58,15 +74,11 @@ class DivergenceGuard:
     min_fraction: float = 0.005
 
     def check(
-        self,
-        before: Signals,
-        after: Signals,
-        params: Sequence[torch.Tensor],
-        losses: Sequence[float],
+        self, before: Signals, after: Signals, finite: bool, losses: Sequence[float]
     ) -> str | None:
-        if not all(math.isfinite(v) for v in losses) or not all(
-            bool(torch.isfinite(p).all()) for p in params
-        ):
+        """The reason the guard fires, or None. ``finite``: every adapted parameter is finite
+        (:func:`all_finite`); ``losses``: the adaptation's losses."""
+        if not finite or not all(math.isfinite(v) for v in losses):
             return "non-finite loss or parameter during adaptation"
         if not math.isfinite(after.entropy):
             return "non-finite prediction after adaptation"
@@ -91,14 +103,14 @@ class DivergenceGuard:
         self,
         before: Signals,
         after: Signals,
-        params: Sequence[torch.Tensor],
+        finite: bool,
         losses: Sequence[float],
         sync_ranks: bool = False,
         device: torch.device | str = "cpu",
     ) -> str | None:
         """:meth:`check`, and with ``sync_ranks`` fire on every rank when it fires on any (ranks that
         share a continually adapted state must roll back together)."""
-        reason = self.check(before, after, params, losses)
+        reason = self.check(before, after, finite, losses)
         if sync_ranks and any_across_ranks(reason is not None, device):
             reason = reason or "the guard fired on another rank sharing this adapted state"
         return reason

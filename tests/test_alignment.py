@@ -57,8 +57,8 @@ def test_grata_step_matches_hand_computation(scale):
     record = grata_step(
         net, params, torch.optim.Adam(params, lr=1e-2), x, aux, pse, 1e-2, perturb_scale=scale
     )
-    assert record.cosine == pytest.approx(cos, abs=1e-5)
-    assert record.lr == pytest.approx(lr, rel=1e-5)
+    assert float(record.cosine) == pytest.approx(cos, abs=1e-5)
+    assert float(record.lr) == pytest.approx(lr, rel=1e-5)
     got = torch.cat([p.detach().flatten() for p in params])
     torch.testing.assert_close(got, new_theta, rtol=1e-5, atol=1e-6)
 
@@ -71,7 +71,7 @@ def test_ablations_change_what_they_say():
     record = grata_step(
         net, params, torch.optim.SGD(params, lr=1.0), x, aux, pse, 0.5, align=False, dynamic=False
     )
-    assert record.lr == 0.5
+    assert float(record.lr) == 0.5
     at_theta = _with(net, before)
     g_p = torch.autograd.grad(pse(at_theta, x), list(at_theta[1].parameters()))
     for p, b, g in zip(params, before, g_p):
@@ -105,3 +105,20 @@ def test_cosine_and_dynamic_lr():
     assert dynamic_lr(1e-3, 1.0) == pytest.approx(1e-3)
     assert dynamic_lr(1e-3, 0.0) == pytest.approx(2.5e-4)
     assert dynamic_lr(1e-3, -1.0) == 0.0
+
+
+def test_tensor_learning_rate_steps_as_a_float_one():
+    """An optimizer built with a tensor lr (fused Adam, as on CUDA) gets GraTa's rate as a tensor and
+    makes the same update; the record stays tensors on the device until read."""
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    updated, records = [], []
+    for lr, fused in ((1e-2, None), (torch.tensor(1e-2), True)):
+        net = tiny_net().train()
+        params = [net[1].weight, net[1].bias]
+        optimizer = torch.optim.Adam(params, lr=lr, fused=fused)
+        records.append(grata_step(net, params, optimizer, x, aux, pse, 1e-2))
+        updated.append(torch.cat([p.detach().flatten() for p in params]))
+        assert torch.is_tensor(optimizer.param_groups[0]["lr"]) == torch.is_tensor(lr)
+    torch.testing.assert_close(updated[1], updated[0], rtol=1e-5, atol=1e-7)
+    assert all(torch.is_tensor(v) and v.ndim == 0 for v in vars(records[1]).values())
+    assert float(records[1].lr) == pytest.approx(float(records[0].lr), rel=1e-6)

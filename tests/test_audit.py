@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from monai.data import MetaTensor, decollate_batch
 
-from grata_monai.audit import REPORT_KEY, VolumeReport, attach_reports, checksum, reports_of
+from grata_monai.audit import (
+    REPORT_KEY,
+    VolumeReport,
+    attach_reports,
+    checksum,
+    reports_of,
+    to_host,
+)
 
 
 def test_checksum_follows_in_place_changes(unet):
@@ -36,3 +43,9 @@ def test_plain_tensors_carry_reports_and_others_have_none():
     assert isinstance(out, MetaTensor) and reports_of(out)[0]["method"] == "tent"
     assert REPORT_KEY in out.meta
     assert reports_of(torch.zeros(1)) == [] and reports_of(MetaTensor(torch.zeros(1))) == []
+
+
+def test_to_host_reads_each_value_flat_and_in_order():
+    values = [torch.tensor(1.5), torch.tensor([[1, 2], [3, 4]]), torch.tensor(True), torch.zeros(0)]
+    assert to_host(values) == [[1.5], [1.0, 2.0, 3.0, 4.0], [1.0], []]
+    assert to_host([]) == []

@@ -7,45 +7,51 @@ import torch
 
 import grata_monai.adaptive
 from grata_monai import GraTaInferer, NormStatsInferer, TentInferer, reports_of
-from grata_monai.guard import DivergenceGuard, Signals, measure
+from grata_monai.guard import DivergenceGuard, Signals, all_finite, measure, signals
 
 ROI = (16, 16, 16)
-OK = [torch.ones(3)]
 
 
 @pytest.mark.parametrize(
-    "after, params, losses, reason",
+    "after, finite, losses, reason",
     [
-        (Signals(0.5, [0.7, 0.2, 0.1, 0.0]), OK, [1.0], None),
+        (Signals(0.5, [0.7, 0.2, 0.1, 0.0]), True, [1.0], None),
         (
             Signals(0.5, [0.5, 0.3, 0.15, 0.004]),
-            OK,
+            True,
             [1.0],
             None,
         ),  # background and tiny classes may vary
-        (Signals(0.5, [0.7, 0.2, 0.1, 0.0]), OK, [float("nan")], "non-finite"),
+        (Signals(0.5, [0.7, 0.2, 0.1, 0.0]), True, [float("nan")], "non-finite"),
         (
             Signals(0.5, [0.7, 0.2, 0.1, 0.0]),
-            [torch.tensor([1.0, float("inf")])],
+            False,
             [1.0],
             "non-finite",
         ),
-        (Signals(0.7, [0.7, 0.2, 0.1, 0.0]), OK, [1.0], "entropy"),
-        (Signals(0.4, [0.75, 0.2, 0.04, 0.01]), OK, [1.0], "class 2"),  # collapsed
-        (Signals(0.4, [0.5, 0.45, 0.05, 0.0]), OK, [1.0], "class 1"),  # exploded
-        (Signals(0.4, [0.6, 0.2, 0.1, 0.1]), OK, [1.0], "class 3"),  # appeared
+        (Signals(0.7, [0.7, 0.2, 0.1, 0.0]), True, [1.0], "entropy"),
+        (Signals(0.4, [0.75, 0.2, 0.04, 0.01]), True, [1.0], "class 2"),  # collapsed
+        (Signals(0.4, [0.5, 0.45, 0.05, 0.0]), True, [1.0], "class 1"),  # exploded
+        (Signals(0.4, [0.6, 0.2, 0.1, 0.1]), True, [1.0], "class 3"),  # appeared
     ],
 )
-def test_rule(after, params, losses, reason):
+def test_rule(after, finite, losses, reason):
     before = Signals(0.6, [0.7, 0.2, 0.1, 0.0])
-    verdict = DivergenceGuard(0.1, 0.5, 0.005).check(before, after, params, losses)
+    verdict = DivergenceGuard(0.1, 0.5, 0.005).check(before, after, finite, losses)
     assert verdict is None if reason is None else reason in verdict
 
 
 def test_measure(unet, volume):
-    signals = measure(unet, volume)
-    assert 0 < signals.entropy < torch.log(torch.tensor(3.0)) + 1e-4
-    assert len(signals.volumes) == 3 and sum(signals.volumes) == pytest.approx(1.0)
+    measured = measure(unet, volume)
+    assert 0 < measured.entropy < torch.log(torch.tensor(3.0)) + 1e-4
+    assert len(measured.volumes) == 3 and sum(measured.volumes) == pytest.approx(1.0)
+    assert Signals.of(signals(unet, volume).tolist()) == measured
+
+
+def test_all_finite():
+    assert bool(all_finite([torch.ones(3), torch.zeros(2, 2)]))
+    assert not bool(all_finite([torch.ones(3), torch.tensor([1.0, float("inf")])]))
+    assert not bool(all_finite([torch.tensor([float("nan")])]))
 
 
 @pytest.mark.parametrize("sigmoid", [False, True])
@@ -54,9 +60,9 @@ def test_inferer_measures_with_its_own_activation(unet, volume, monkeypatch, sig
 
     def spy(network, patches, sigmoid=False):
         seen.append(sigmoid)
-        return measure(network, patches, sigmoid)
+        return signals(network, patches, sigmoid)
 
-    monkeypatch.setattr(grata_monai.adaptive, "measure", spy)
+    monkeypatch.setattr(grata_monai.adaptive, "signals", spy)
     with torch.no_grad():
         TentInferer(ROI, sw_batch_size=2, steps=1, patches_per_step=2, sigmoid=sigmoid)(
             volume, unet
