@@ -4,6 +4,7 @@ sliding-window inference and the audit report)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -224,12 +225,17 @@ class GraTaInferer(AdaptiveInferer):
                 EntropyLoss(self.sigmoid),
                 self._consistency(episode.rng),
             )
+        aux, consistency = losses
+        # The strong view is drawn before any pass: the host reads of its MONAI transforms then
+        # wait for no queued GPU work (its random draws come in the same order).
+        pseudo = functools.partial(consistency, strong_view=consistency.strong(x))
         return grata_step(
             episode.passes,
             episode.params,
             episode.optimizer,
             x,
-            *losses,
+            aux,
+            pseudo,
             lr0=self.lr0,
             perturb_scale=self.perturb_scale,
             align=self.align,

@@ -188,9 +188,12 @@ class ConsistencyLoss:
         """Draw the strong view's randomness from ``state``."""
         self.strong.set_random_state(state)
 
-    def __call__(self, network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, network: nn.Module, x: torch.Tensor, strong_view: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The loss of ``network`` on ``x``; ``strong_view``: ``self.strong(x)`` drawn beforehand."""
         target = soft_pseudo_label(network, x, self.weak, self.sigmoid, self.batch_views)
-        logits = network(self.strong(x)).float()
+        logits = network(self.strong(x) if strong_view is None else strong_view).float()
         if self.sigmoid:
             return F.binary_cross_entropy_with_logits(logits, target)
         target = sharpen(target, self.temperature)

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from monai.data.utils import dense_patch_slices
 from monai.transforms import RandCropByPosNegLabel, SpatialPad
-from monai.transforms.utils import map_binary_to_indices
 from monai.utils import convert_to_tensor
 
 __all__ = ["body_patches", "windows"]
@@ -39,14 +38,17 @@ def body_patches(
     volume = convert_to_tensor(SpatialPad(roi_size)(volume.to(device)), track_meta=False)
     low, high = volume[0].min(), volume[0].max()
     mask = (volume[0] > low + foreground_threshold * (high - low))[None]
-    if not mask.any():
-        mask = torch.ones_like(mask)
-    fg, bg = map_binary_to_indices(mask, None, 0)
+    # The body's voxel indices (as map_binary_to_indices lists them), read to the host once: every
+    # draw then picks its centres there, without waiting for the device.
+    body = mask.flatten().nonzero()[:, 0].int().cpu()
+    if len(body) == 0:
+        body = torch.arange(mask.numel(), dtype=torch.int32)
     crop = RandCropByPosNegLabel(roi_size, pos=1, neg=0, num_samples=num_samples)
     crop.set_random_state(state=rng)
 
     def sample() -> torch.Tensor:
-        patches = crop(volume, label=mask, fg_indices=fg, bg_indices=bg)
+        # pos=1: centres come from the body only, so the background list is never drawn from
+        patches = crop(volume, label=mask, fg_indices=body, bg_indices=body)
         return torch.stack([convert_to_tensor(p, track_meta=False) for p in patches])
 
     return sample
