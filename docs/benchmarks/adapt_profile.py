@@ -9,10 +9,11 @@ network), *adapt* (the guard's two checks and the GraTa step), *statistics* (the
 and the statistics rule's candidate predictions in batched passes), *statistics_looped* (the same,
 one pass per window and per candidate, as TorchScript networks run it) and, for comparison, MONAI's
 plain ``SlidingWindowInferer``, and the bundle's ``KeepOrganComponentsd`` on its labels (on the
-preprocessed grid; the labelling runs on the CPU). The two statistics passes' entropies, kept weights and
-voxel label agreement go into ``statistics_rule``. Seconds are medians over the volumes after one warm-up volume; kernel
-launches are counted by ``torch.profiler`` on the first volume; each phase's top operators (self CPU
-time) go into ``OUT.txt``.
+preprocessed grid; the labelling runs on the CPU). The two statistics passes' entropies, kept
+weights and voxel label agreement go into ``statistics_rule``. Seconds are medians over the volumes
+after one warm-up volume; the adaptation's parts come from a second run with a wait for the GPU
+around each part (``adapt_parts_median_ms``). Kernel launches are counted by ``torch.profiler`` on
+the first volume; each phase's top operators (self CPU time) go into ``OUT.txt``.
 """
 
 from __future__ import annotations
@@ -56,13 +57,13 @@ def _timed(parts: dict, dev: torch.device):
 
         return timed
 
-    patches, measure = adaptive.body_patches, adaptive.measure
+    patches, signals = adaptive.body_patches, adaptive.signals
     adaptive.body_patches = lambda *a, **k: timer("draw", timer("index", patches)(*a, **k))
-    adaptive.measure = timer("guard", measure)
+    adaptive.signals = timer("guard", signals)
     try:
         yield timer
     finally:
-        adaptive.body_patches, adaptive.measure = patches, measure
+        adaptive.body_patches, adaptive.signals = patches, signals
 
 
 @contextlib.contextmanager
@@ -76,9 +77,12 @@ def _looped():
         adaptive.can_stack = stack
 
 
-def phases(pipe: _Pipeline, batch: torch.Tensor, counted: str | None = None) -> dict:
+def phases(
+    pipe: _Pipeline, batch: torch.Tensor, counted: str | None = None, parts: bool = False
+) -> dict:
     """The inferer's phases on one volume, as ``AdaptiveInferer.infer_volume`` runs them; with
-    ``counted``, that phase's kernel launches too (``"kernels"``)."""
+    ``counted``, that phase's kernel launches too (``"kernels"``); with ``parts``, the adaptation's
+    parts, each timed between two waits for the GPU (which then slow the adaptation down)."""
     inferer, dev, network = pipe.inferers["grata"], pipe.device, pipe.network
     volume = convert_to_tensor(batch[0], track_meta=False)
     report = VolumeReport(inferer.method, {})
@@ -102,15 +106,17 @@ def phases(pipe: _Pipeline, batch: torch.Tensor, counted: str | None = None) -> 
             episode = inferer.episode_for(network, dev)
         lap("copy")
         parts: dict = {}
-        with phase("adapt"), torch.enable_grad(), autocast, _timed(parts, dev) as timer:
-            step = inferer.adapt_step
-            inferer.adapt_step = timer("step", step)
+        split: dict = {}
+        timing = _timed(split, dev) if parts else contextlib.nullcontext()
+        with phase("adapt"), torch.enable_grad(), autocast, timing as timer:
+            if parts:
+                inferer.adapt_step = timer("step", inferer.adapt_step)
             try:
                 episode = inferer.adapt(episode, volume, dev, report)
             finally:
-                del inferer.adapt_step
+                inferer.__dict__.pop("adapt_step", None)
         lap("adapt")
-        times.update({f"adapt_{k}": v for k, v in parts.items()})
+        times.update({f"adapt_{k}": v for k, v in split.items()})
         looped = VolumeReport(inferer.method, {})
         with phase("statistics"), autocast:
             batched = inferer.least_uncertain(episode, batch, volume, dev, report)
@@ -151,6 +157,7 @@ def main(dataset_dir: str, out: str, limit: int = 8, settings: dict | None = Non
         phases(pipe, batches[0])  # warm-up
         counted = {p: phases(pipe, batches[0], p) for p in PHASES}
         rows = [phases(pipe, b) for b in batches]
+        split = [phases(pipe, b, parts=True) for b in batches]
     result = {
         "device": device_name(dev),
         "git_revision": git_revision(),
@@ -159,6 +166,9 @@ def main(dataset_dir: str, out: str, limit: int = 8, settings: dict | None = Non
         "median_ms": {
             k: 1000 * statistics.median(r[k] for r in rows) for k in rows[0] if k != "rule"
         },
+        "adapt_parts_median_ms": {
+            k: 1000 * statistics.median(r[k] for r in split) for k in split[0] if k != "rule"
+        },
         "statistics_rule": [r["rule"] for r in rows],
         "kernels_first_volume": {p: c["kernels"] for p, c in counted.items()},
         "settings": pipe.inferers["grata"].settings(),
@@ -166,7 +176,8 @@ def main(dataset_dir: str, out: str, limit: int = 8, settings: dict | None = Non
     Path(out).write_text(json.dumps(result, indent=1, default=str) + "\n")
     tables = "\n".join(f"## {p}\n{c['table']}" for p, c in counted.items())
     Path(out).with_suffix(".txt").write_text(tables)
-    print(json.dumps({k: result[k] for k in ("median_ms", "kernels_first_volume")}, indent=1))
+    keys = ("median_ms", "adapt_parts_median_ms", "kernels_first_volume")
+    print(json.dumps({k: result[k] for k in keys}, indent=1))
 
 
 if __name__ == "__main__":
