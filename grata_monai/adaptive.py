@@ -306,7 +306,7 @@ class AdaptiveInferer(Inferer):
                 passes = self._graphs[network] = CapturedPasses(network, params)
         # On CUDA a fused step, its learning rate a tensor: GraTa sets its rate without a wait.
         cuda = device.type == "cuda"
-        lr = torch.tensor(self.lr0, device=device) if cuda else self.lr0
+        lr = torch.full((), self.lr0, device=device) if cuda else self.lr0
         optimizer = opt_cls(params, lr=lr, fused=cuda or None)
         rng = np.random.RandomState(self.seed)
         return Episode(source, network, params, optimizer, rng, passes)
@@ -347,8 +347,9 @@ class AdaptiveInferer(Inferer):
         loss.backward()
         episode.optimizer.step()
         episode.optimizer.zero_grad(set_to_none=True)
-        nan = loss.new_tensor(float("nan"))
-        return StepRecord(loss.detach(), nan, nan, loss.new_tensor(self.lr0))
+        loss = loss.detach()  # filled, not copied from the host: copies to a GPU wait for it
+        nan = torch.full_like(loss, float("nan"))
+        return StepRecord(loss, nan, nan, torch.full_like(loss, self.lr0))
 
     def reset(self) -> None:
         """Drop the continually adapted state; the next call starts from the source weights."""

@@ -96,7 +96,7 @@ def grata_step(
     with torch.no_grad():
         torch._foreach_copy_(params, theta)
     # 6. dynamic learning rate
-    lr = dynamic_lr(lr0, cos) if dynamic else cos.new_tensor(lr0)
+    lr = dynamic_lr(lr0, cos) if dynamic else torch.full_like(cos, lr0)
     # 7. base optimizer step along g_p
     for group in optimizer.param_groups:
         group["lr"] = lr if torch.is_tensor(group["lr"]) else float(lr)
