@@ -122,3 +122,19 @@ def test_tensor_learning_rate_steps_as_a_float_one():
     torch.testing.assert_close(updated[1], updated[0], rtol=1e-5, atol=1e-7)
     assert all(torch.is_tensor(v) and v.ndim == 0 for v in vars(records[1]).values())
     assert float(records[1].lr) == pytest.approx(float(records[0].lr), rel=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_step_never_waits_for_the_gpu():
+    """With a tensor learning rate (fused Adam), a GraTa step makes no host-device synchronization."""
+    net = tiny_net().cuda().train()
+    params = [net[1].weight, net[1].bias]
+    optimizer = torch.optim.Adam(params, lr=torch.full((), 1e-2, device="cuda"), fused=True)
+    x = torch.randn(2, 1, 8, 8, device="cuda")
+    grata_step(net, params, optimizer, x, aux, pse, 1e-2)  # the first step creates Adam's state
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        record = grata_step(net, params, optimizer, x, aux, pse, 1e-2)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert record.lr.is_cuda and -1 <= float(record.cosine) <= 1
