@@ -547,13 +547,10 @@ class AdaptiveInferer(Inferer):
             results = [
                 self.infer_volume(inputs[i : i + 1], source, device) for i in range(len(inputs))
             ]
-        if len(results) == 1:
-            logits = results[0][0]  # sliding-window output: the input's metadata came along
-        else:
-            logits = torch.cat([convert_to_tensor(r[0], track_meta=False) for r in results])
-            logits = (
-                convert_to_dst_type(logits, inputs)[0] if isinstance(inputs, MetaTensor) else logits
-            )
+        tensors = [convert_to_tensor(r[0], track_meta=False) for r in results]
+        logits = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+        if isinstance(inputs, MetaTensor):  # the batch's metadata, whichever pass gave the logits
+            logits = convert_to_dst_type(logits, inputs, device=logits.device)[0]
         return attach_reports(logits, [r[1] for r in results])
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from monai.data import MetaTensor, decollate_batch, list_data_collate
 from monai.inferers import SlidingWindowInferer
 
 from grata_monai import GraTaInferer, defaults, reports_of
@@ -510,3 +511,23 @@ def test_working_copies_are_reused_once_released_and_reset_to_the_source(unet, v
     with torch.no_grad():
         one, two = inferer(volume, unet), inferer(volume, unet)
     assert torch.equal(torch.as_tensor(one), torch.as_tensor(two))
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_output_carries_the_batch_metadata(unet, monkeypatch, stacked):
+    """The logits keep the input batch's metadata (a batch affine that decollates to each volume's),
+    also when the statistics rule predicts its candidates in one batched pass (MONAI's sliding
+    window returns those as unbatched MetaTensors)."""
+    import grata_monai.adaptive
+
+    monkeypatch.setattr(grata_monai.adaptive, "_stacks", lambda network, device: stacked)
+    affine = torch.diag(torch.tensor([2.0, 2.0, 4.0, 1.0]))
+    image = MetaTensor(torch.rand(1, 40, 36, 20, generator=torch.Generator().manual_seed(0)))
+    image.affine = affine
+    batch = list_data_collate([{"image": image}])["image"]
+    inferer = GraTaInferer(ROI, sw_batch_size=2, patches_per_step=2, norm_stats="entropy")
+    with torch.no_grad():
+        out = inferer(batch, unet)
+    assert out.is_batch and len(reports_of(out)) == 1
+    (item,) = decollate_batch(out)
+    torch.testing.assert_close(item.affine.float(), affine)
