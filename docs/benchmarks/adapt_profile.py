@@ -105,7 +105,6 @@ def phases(
         with phase("copy"):
             episode = inferer.episode_for(network, dev)
         lap("copy")
-        parts: dict = {}
         split: dict = {}
         timing = _timed(split, dev) if parts else contextlib.nullcontext()
         with phase("adapt"), torch.enable_grad(), autocast, timing as timer:
