@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from monai.data.utils import dense_patch_slices
-from monai.transforms import RandCropByPosNegLabel, SpatialPad
+from monai.transforms import RandCropByPosNegLabel, SpatialCrop, SpatialPad
 from monai.utils import convert_to_tensor
 
 __all__ = ["body_patches", "windows"]
@@ -48,8 +48,10 @@ def body_patches(
 
     def sample() -> torch.Tensor:
         # pos=1: centres come from the body only, so the background list is never drawn from
-        patches = crop(volume, label=mask, fg_indices=body, bg_indices=body)
-        return torch.stack([convert_to_tensor(p, track_meta=False) for p in patches])
+        crop.randomize(label=mask, fg_indices=body, bg_indices=body)
+        # the crops as plain slices (the transform's own), without MetaTensor bookkeeping
+        boxes = [SpatialCrop.compute_slices(roi_center=c, roi_size=roi_size) for c in crop.centers]
+        return torch.stack([volume[(slice(None), *box)] for box in boxes])
 
     return sample
 
