@@ -299,13 +299,13 @@ class AdaptiveInferer(Inferer):
         network = self.working_copy(source, device)
         params = configure_model(network, self.adapt_params)
         opt_cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD
+        cuda = device.type == "cuda"
         passes = network
-        if self.cuda_graphs and device.type == "cuda":
+        if self.cuda_graphs and cuda:
             passes = self._graphs.get(network)
             if passes is None:
                 passes = self._graphs[network] = CapturedPasses(network, params)
         # On CUDA a fused step, its learning rate a tensor: GraTa sets its rate without a wait.
-        cuda = device.type == "cuda"
         lr = torch.full((), self.lr0, device=device) if cuda else self.lr0
         optimizer = opt_cls(params, lr=lr, fused=cuda or None)
         rng = np.random.RandomState(self.seed)

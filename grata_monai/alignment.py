@@ -36,9 +36,8 @@ def cosine(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor
     """Cosine of two gradients, each a list of tensors flattened together."""
     a = torch.cat([x.flatten() for x in a])
     b = torch.cat([y.flatten() for y in b])
-    return (a * b).sum() / (
-        (a * a).sum().sqrt() * (b * b).sum().sqrt() + 1e-12
-    )  # elementwise: float32 under autocast
+    # elementwise products, not a matmul, so autocast keeps them in float32
+    return (a * b).sum() / ((a * a).sum().sqrt() * (b * b).sum().sqrt() + 1e-12)
 
 
 def dynamic_lr(lr0: float, cos: T) -> T:

@@ -107,15 +107,16 @@ def test_cosine_and_dynamic_lr():
     assert dynamic_lr(1e-3, -1.0) == 0.0
 
 
-def test_tensor_learning_rate_steps_as_a_float_one():
-    """An optimizer built with a tensor lr (fused Adam, as on CUDA) gets GraTa's rate as a tensor and
+@pytest.mark.parametrize("optimizer_cls", [torch.optim.Adam, torch.optim.SGD])
+def test_tensor_learning_rate_steps_as_a_float_one(optimizer_cls):
+    """An optimizer built with a tensor lr (fused, as on CUDA) gets GraTa's rate as a tensor and
     makes the same update; the record stays tensors on the device until read."""
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     updated, records = [], []
     for lr, fused in ((1e-2, None), (torch.tensor(1e-2), True)):
         net = tiny_net().train()
         params = [net[1].weight, net[1].bias]
-        optimizer = torch.optim.Adam(params, lr=lr, fused=fused)
+        optimizer = optimizer_cls(params, lr=lr, fused=fused)
         records.append(grata_step(net, params, optimizer, x, aux, pse, 1e-2))
         updated.append(torch.cat([p.detach().flatten() for p in params]))
         assert torch.is_tensor(optimizer.param_groups[0]["lr"]) == torch.is_tensor(lr)
