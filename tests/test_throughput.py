@@ -13,7 +13,10 @@ from monai.bundle import ConfigParser
 
 from grata_monai.bench.throughput import (
     STAGES,
+    _Pipeline,
+    _writers,
     run_throughput,
+    split_at_labels,
     split_pipeline,
     write_markdown,
 )
@@ -86,12 +89,58 @@ def test_split_pipeline_needs_a_loader_and_a_writer():
         split_pipeline(Compose([Identityd("image")]), Compose([Identityd("pred")]))
 
 
+def test_split_at_labels_ends_the_first_part_with_the_argmax():
+    from monai.transforms import Activationsd, AsDiscreted, Compose, Identityd
+
+    argmax = AsDiscreted("pred", argmax=True)
+    to_labels, rest = split_at_labels(
+        Compose([Activationsd("pred", softmax=True), argmax, Identityd("pred")])
+    )
+    assert to_labels.transforms[-1] is argmax and len(to_labels.transforms) == 2
+    assert [type(t).__name__ for t in rest.transforms] == ["Identityd"]
+    to_labels, rest = split_at_labels(Compose([Identityd("pred")]))
+    assert not to_labels.transforms and len(rest.transforms) == 1
+
+
+def test_writer_processes_write_what_the_inferring_thread_writes(tiny_bundle, tmp_path):
+    """The same volume finished in this thread and handed to a writer process: the same label file."""
+    import nibabel as nib
+
+    root, data = tiny_bundle
+    written = {}
+    for mode in ("threads", "processes"):
+        out = tmp_path / mode
+        pipe = _Pipeline(root, torch.device("cpu"), str(out), device_preprocessing=False)
+        item = pipe.volumes(data)[0]
+        loaded, times = pipe.loader([item], 0).dataset[0]
+        batch, pred, _ = pipe.infer("plain", loaded, times)
+        writer = _writers(pipe, 1, mode)
+        try:
+            if mode == "threads":
+                writer.submit(pipe.finish, batch, pred, times).result()
+            else:
+                pipe.hand_off(batch, pred, times, writer)()
+        finally:
+            writer.shutdown()
+        assert times["postprocess"] > 0 and times["write"] > 0
+        (path,) = out.glob("*.nii.gz")
+        written[mode] = nib.load(path)
+    a, b = written["threads"], written["processes"]
+    assert np.array_equal(a.get_fdata(), b.get_fdata()) and np.allclose(a.affine, b.affine)
+    assert a.get_fdata().max() > 0  # organs found, not an empty map
+
+
 @pytest.mark.parametrize(
-    "device_preprocessing, repeats, writers, streams",
-    [(False, 2, 0, 1), (True, 1, 0, 1), (False, 2, 2, 2)],
+    "device_preprocessing, repeats, writers, streams, write_in",
+    [
+        (False, 2, 0, 1, "threads"),
+        (True, 1, 0, 1, "threads"),
+        (False, 2, 2, 2, "threads"),
+        (False, 1, 2, 1, "processes"),
+    ],
 )
 def test_run_throughput_writes_both_methods(
-    tiny_bundle, tmp_path, device_preprocessing, repeats, writers, streams
+    tiny_bundle, tmp_path, device_preprocessing, repeats, writers, streams, write_in
 ):
     root, data = tiny_bundle
     out = tmp_path / "out"
@@ -105,12 +154,14 @@ def test_run_throughput_writes_both_methods(
         num_workers=1,
         device_preprocessing=device_preprocessing,
         writers=writers,
+        write_in=write_in,
         streams=streams,
     )
     saved = json.loads((out / "tp.json").read_text())
     assert saved["settings"]["volumes"] == ["a_image.nii.gz", "b_image.nii.gz"]
     assert saved["settings"]["device_preprocessing"] is device_preprocessing
     assert saved["settings"]["writers"] == writers and saved["settings"]["streams"] == streams
+    assert saved["settings"]["write_in"] == write_in
     assert saved["settings"]["plain"]["roi_size"] == [16, 16, 8]
     assert saved["settings"]["grata"]["method"] == "grata"
     for method in ("plain", "grata"):
@@ -145,6 +196,8 @@ def test_run_throughput_refuses_to_replace_results(tiny_bundle, tmp_path):
         {"limit": 0},
         {"writers": -1},
         {"streams": 0},
+        {"write_in": "process", "writers": 2},
+        {"write_in": "processes"},
         {"settings": "settle_windows=4"},
         {"settings": {"settle_window": 4}},
     ],

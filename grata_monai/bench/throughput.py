@@ -8,21 +8,25 @@ GraTa is the bundle's ``inferer`` as its config builds it. Loading runs in persi
 workers, overlapped with compute; with ``device_preprocessing`` the rest of the preprocessing runs on
 the target device in the inferring thread. ``streams`` threads infer volumes at once, each in its own
 CUDA stream; with ``writers`` the post-processing and writing of each volume run in that many other
-threads, so the inferring threads go on to the next volume. Results:
-``<name>.json`` and ``<name>.md`` in ``out_dir``.
+threads, so the inferring threads go on to the next volume. With ``write_in="processes"`` the
+post-processing up to the label map (the last ``AsDiscreted``: activation, inversion, argmax) runs in
+the inferring thread, on the device, and the rest (the connected components, the writing) runs in
+``writers`` processes, out of this process's GIL. Results: ``<name>.json`` and ``<name>.md`` in
+``out_dir``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import resource
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,14 @@ from monai.bundle import ConfigParser
 from monai.data import list_data_collate
 from monai.engines.utils import engine_apply_transform
 from monai.inferers import Inferer, SlidingWindowInferer
-from monai.transforms import Compose, Decollated, EnsureTyped, LoadImaged, SaveImaged
+from monai.transforms import (
+    AsDiscreted,
+    Compose,
+    Decollated,
+    EnsureTyped,
+    LoadImaged,
+    SaveImaged,
+)
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -40,8 +51,16 @@ from grata_monai.bench import paths
 from grata_monai.bench.common import device_name, git_revision
 from grata_monai.defaults import loader_workers
 
-__all__ = ["STAGES", "run_throughput", "split_pipeline", "write_markdown"]
+__all__ = [
+    "STAGES",
+    "WRITE_IN",
+    "run_throughput",
+    "split_at_labels",
+    "split_pipeline",
+    "write_markdown",
+]
 
+WRITE_IN = ("threads", "processes")
 STAGES = ("load", "preprocess", "wait", "adapt", "infer", "postprocess", "write")
 GRATA_KEYS = (
     "steps",
@@ -95,6 +114,35 @@ def split_pipeline(
         Compose(post[:write_start]),
         Compose(post[write_start:]),
     )
+
+
+def split_at_labels(postprocess: Compose) -> tuple[Compose, Compose]:
+    """``postprocess`` as the part up to its label map (through the last ``AsDiscreted``), which runs
+    wherever the prediction is, and the rest. Without ``AsDiscreted`` the first part is empty."""
+    transforms = list(postprocess.transforms)
+    end = max((i + 1 for i, t in enumerate(transforms) if isinstance(t, AsDiscreted)), default=0)
+    return Compose(transforms[:end]), Compose(transforms[end:])
+
+
+_HOST: dict[str, Compose] = {}  # a writer process's transforms (set by _start_host)
+
+
+def _start_host(postprocess: Compose, write: Compose) -> None:
+    torch.set_num_threads(
+        1
+    )  # the writers share the cores with the loader and the inferring process
+    _HOST.update(postprocess=postprocess, write=write)
+
+
+def _finish_on_host(outputs: list[dict]) -> dict[str, float]:
+    """In a writer process: the host part of the post-processing and the writing of one volume's
+    outputs; returns both stages' seconds."""
+    clock = time.perf_counter()
+    outputs = [_HOST["postprocess"](o) for o in outputs]
+    done = time.perf_counter()
+    for o in outputs:
+        _HOST["write"](o)
+    return {"postprocess": done - clock, "write": time.perf_counter() - done}
 
 
 class _Loading(Dataset):
@@ -183,6 +231,7 @@ class _Pipeline:
             parser.get_parsed_content("postprocessing"),
             device if device_preprocessing else None,
         )
+        self.to_labels, self.on_host = split_at_labels(self.postprocess)
         self.device_preprocessing = device_preprocessing
         self.network = parser.get_parsed_content("network")
         state = torch.load(
@@ -237,21 +286,46 @@ class _Pipeline:
         times["infer"] = time.perf_counter() - clock - times["adapt"]
         return batch, pred, report
 
-    def finish(self, batch: dict, pred: torch.Tensor, times: dict) -> None:
-        """Post-process and write one volume; ``times`` gets both stages' seconds."""
-        clock = time.perf_counter()
+    def _outputs(self, batch: dict, pred: torch.Tensor) -> list[tuple[dict, dict]]:
+        """One inferred batch as (item, output) pairs, as MONAI's evaluator decollates it."""
         # made in another thread's CUDA stream: keep their memory for this thread's stream too
         for tensor in (batch["image"], pred):
             if tensor.is_cuda:
                 tensor.record_stream(torch.cuda.current_stream(tensor.device))
         decollate = Decollated(keys=None, detach=True)
-        pairs = list(zip(decollate(batch), decollate({"image": batch["image"], "pred": pred})))
-        pairs = [engine_apply_transform(b, o, self.postprocess) for b, o in pairs]
+        return list(zip(decollate(batch), decollate({"image": batch["image"], "pred": pred})))
+
+    def finish(self, batch: dict, pred: torch.Tensor, times: dict) -> None:
+        """Post-process and write one volume; ``times`` gets both stages' seconds."""
+        clock = time.perf_counter()
+        pairs = [
+            engine_apply_transform(b, o, self.postprocess) for b, o in self._outputs(batch, pred)
+        ]
         times["postprocess"] = time.perf_counter() - clock
         clock = time.perf_counter()
         for b, o in pairs:
             engine_apply_transform(b, o, self.write)
         times["write"] = time.perf_counter() - clock
+
+    def hand_off(
+        self, batch: dict, pred: torch.Tensor, times: dict, processes: ProcessPoolExecutor
+    ) -> Callable[[], None]:
+        """Post-process one volume up to its label map here, then send the label map (on the host)
+        to ``processes`` for the rest and the writing. Returns the wait for them, which puts both
+        stages' seconds in ``times``."""
+        clock = time.perf_counter()
+        pairs = [
+            engine_apply_transform(b, o, self.to_labels) for b, o in self._outputs(batch, pred)
+        ]
+        labels = [{"pred": o["pred"].cpu()} for _, o in pairs]
+        here = time.perf_counter() - clock
+        future = processes.submit(_finish_on_host, labels)
+
+        def collect() -> None:
+            seconds = future.result()
+            times.update(postprocess=here + seconds["postprocess"], write=seconds["write"])
+
+        return collect
 
     def segment(self, method: str, data: dict, times: dict) -> dict:
         """The rest of one volume's pipeline after loading, in this thread; returns the report."""
@@ -264,17 +338,18 @@ class _Pipeline:
         method: str,
         loader: DataLoader,
         bar: tqdm | None,
-        writers: ThreadPoolExecutor | None = None,
+        writers: Executor | None = None,
         streams: int = 1,
     ) -> dict:
         """Every volume once with ``method``: wall time, volumes/s, mean stage seconds, peak memory.
 
         ``streams`` threads infer, each in its own CUDA stream, taking the volumes in turn from the
-        loader. With ``writers`` they hand each volume's output to those threads and go on; at most
-        two volumes per inferring thread wait for their outputs at a time."""
+        loader. With ``writers`` (threads, or processes that get the label maps) they hand each
+        volume's output over and go on; at most two volumes per inferring thread wait for their
+        outputs at a time."""
         _reset_peak(self.device)
         rows: list[dict] = []
-        pending: list[Future] = []
+        pending: list[Callable[[], Any]] = []  # waits for the outputs handed over
         lock = threading.Lock()
         volumes = iter(loader)
 
@@ -291,12 +366,15 @@ class _Pipeline:
                     self.segment(method, data, times)
                 else:
                     batch, pred, _ = self.infer(method, data, times)
-                    future = writers.submit(self.finish, batch, pred, times)
+                    if isinstance(writers, ProcessPoolExecutor):
+                        collect = self.hand_off(batch, pred, times, writers)
+                    else:
+                        collect = writers.submit(self.finish, batch, pred, times).result
                     with lock:
-                        pending.append(future)
+                        pending.append(collect)
                         late = pending.pop(0) if len(pending) > 2 * streams else None
                     if late is not None:
-                        late.result()
+                        late()
                 with lock:
                     rows.append(times)
                     if bar is not None:
@@ -310,8 +388,8 @@ class _Pipeline:
         with ThreadPoolExecutor(streams, "infer") as inferring:
             for done in [inferring.submit(in_stream) for _ in range(streams)]:
                 done.result()
-        for future in pending:
-            future.result()
+        for collect in pending:
+            collect()
         seconds = time.perf_counter() - start
         return {
             "seconds": seconds,
@@ -331,6 +409,7 @@ def run_throughput(
     num_workers: int | None = None,
     device_preprocessing: bool = False,
     writers: int = 0,
+    write_in: str = "threads",
     streams: int = 1,
     settings: dict | None = None,
     limit: int | None = None,
@@ -353,6 +432,8 @@ def run_throughput(
         device_preprocessing: preprocess after ``LoadImaged`` on ``device`` in the inferring thread.
         writers: threads that post-process and write the outputs while the inferring threads infer the
             next volumes; 0 does both in the inferring thread, after each volume.
+        write_in: ``"threads"``, or ``"processes"``: the writers are processes that get each volume's
+            label map (post-processed up to the last ``AsDiscreted`` in the inferring thread).
         streams: threads that infer volumes at once, each in its own CUDA stream (1: one at a time).
         settings: the bundle inferer's settings to replace, e.g. ``{"settle_windows": 4}``.
         limit: only the first ``limit`` volumes.
@@ -376,6 +457,10 @@ def run_throughput(
         raise ValueError(
             "need --repeats >= 1, --limit >= 1, --num_workers >= 0, --writers >= 0 and --streams >= 1."
         )
+    if write_in not in WRITE_IN or (write_in == "processes" and not writers):
+        raise ValueError(
+            f"--write_in {write_in!r}: need 'threads' or 'processes' (with --writers >= 1)."
+        )
     if settings is not None and not isinstance(settings, dict):
         raise ValueError(f"--settings must be a dict of inferer settings, got {settings!r}.")
     outputs = [Path(out_dir) / f"{name}.{ext}" for ext in ("json", "md")]
@@ -395,23 +480,26 @@ def run_throughput(
         if not items:
             raise ValueError(f"no volumes in {dataset}.")
         passes: dict[str, list[dict]] = {m: [] for m in pipe.inferers}
-        reports = {}
-        for method in pipe.inferers:  # warm-up: allocator, cudnn autotuning, first-call imports
-            data, times = pipe.loader(items[:1], 0).dataset[0]
-            reports[method] = pipe.segment(method, data, times)
-            # every inferring thread's working copy (and its CUDA graphs) made before timing
-            if streams > 1:
-                pipe.run_pass(method, pipe.loader(items[:streams], 0), None, None, streams)
-        loader = pipe.loader(items, workers)
-        output = ThreadPoolExecutor(writers, "writer") if writers else None
-        total = repeats * len(passes) * len(items)
-        with tqdm(total=total, unit="vol", desc="throughput") as bar:
-            for r in range(repeats):
-                for method, done in passes.items():
-                    bar.set_description(f"{method} {r + 1}/{repeats}")
-                    done.append(pipe.run_pass(method, loader, bar, output, streams))
-        if output is not None:
-            output.shutdown()
+        output = _writers(pipe, writers, write_in)
+        try:
+            reports = {}
+            for method in pipe.inferers:  # warm-up: allocator, cudnn autotuning, first-call imports
+                data, times = pipe.loader(items[:1], 0).dataset[0]
+                reports[method] = pipe.segment(method, data, times)
+                # every inferring thread's working copy (and CUDA graphs) and every writer made before timing
+                if streams > 1 or output is not None:
+                    warm = [items[i % len(items)] for i in range(max(streams, writers))]
+                    pipe.run_pass(method, pipe.loader(warm, 0), None, output, streams)
+            loader = pipe.loader(items, workers)
+            total = repeats * len(passes) * len(items)
+            with tqdm(total=total, unit="vol", desc="throughput") as bar:
+                for r in range(repeats):
+                    for method, done in passes.items():
+                        bar.set_description(f"{method} {r + 1}/{repeats}")
+                        done.append(pipe.run_pass(method, loader, bar, output, streams))
+        finally:
+            if output is not None:
+                output.shutdown(cancel_futures=True)
     results = {
         "device": device_name(dev),
         "git_revision": git_revision(),
@@ -425,6 +513,7 @@ def run_throughput(
             "num_workers": workers,
             "device_preprocessing": bool(device_preprocessing),
             "writers": writers,
+            "write_in": write_in,
             "streams": streams,
             "overrides": settings or {},
             "plain": {"method": "SlidingWindowInferer", **pipe.sliding},
@@ -441,6 +530,20 @@ def run_throughput(
     return results
 
 
+def _writers(pipe: _Pipeline, count: int, write_in: str) -> Executor | None:
+    """The writers of ``run_throughput``: none, threads or started processes."""
+    if not count:
+        return None
+    if write_in == "threads":
+        return ThreadPoolExecutor(count, "writer")
+    pool = ProcessPoolExecutor(
+        count, multiprocessing.get_context("spawn"), _start_host, (pipe.on_host, pipe.write)
+    )
+    # started now, not on a timed volume (a spawned process imports torch and MONAI)
+    list(pool.map(time.sleep, [0.5] * count))
+    return pool
+
+
 def _mean_pass(passes: list[dict]) -> dict:
     """Means over passes: volumes/s (volumes over total seconds), stage seconds, and the peak memory."""
     n = len(passes)
@@ -451,13 +554,18 @@ def _mean_pass(passes: list[dict]) -> dict:
     }
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+def _count(n: int, noun: str, plural: str = "") -> str:
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
-def _writing(writers: int) -> str:
+def _writing(writers: int, write_in: str) -> str:
     if not writers:
         return "post-processing and writing in the inferring thread"
+    if write_in == "processes":
+        return (
+            "post-processing up to the label map in the inferring thread, the rest and the writing "
+            f"in {_count(writers, 'process', 'processes')}"
+        )
     return f"post-processing and writing in {_count(writers, 'thread')}"
 
 
@@ -479,12 +587,12 @@ def write_markdown(results: dict) -> str:
             f"`{s['dataset_dir']}`, "
             f"{s['repeats']} passes per method; {s['num_workers']} loader workers, preprocessing on "
             f"{'the device' if s['device_preprocessing'] else 'the CPU workers'}; "
-            f"{_writing(s.get('writers', 0))}; {_inferring(s.get('streams', 1))}; "
+            f"{_writing(s.get('writers', 0), s.get('write_in', 'threads'))}; {_inferring(s.get('streams', 1))}; "
             f"{results['cpu_count']} cores, "
             f"{results['torch_threads']} torch threads, load average {results['load_average']['before'][0]:.1f} "
             f"before and {results['load_average']['after'][0]:.1f} after. Seconds are means per volume; "
             "load and CPU preprocessing overlap compute, `wait` is the loop's stall for them; "
-            "post-processing and writing in threads overlap it too."
+            f"post-processing and writing in {s.get('write_in', 'threads')} overlap it too."
         ),
         "",
         (
