@@ -5,9 +5,13 @@ Test modules import the helpers as ``from tests.conftest import ...``; fixtures 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from monai.networks.nets import UNet
@@ -45,3 +49,34 @@ def abdomen_dir() -> Path:
             f"real data not found at {path} (set GRATA_DATA_DIR to the folder holding abdomen/)"
         )
     return path
+
+
+def synthetic_nifti(path, shape=(44, 40, 22), spacing=(1.8, 2.2, 4.5), seed=0) -> str:
+    """A synthetic MR-like volume: a bright body in a dark background, off the bundle's spacing."""
+    rng = np.random.default_rng(seed)
+    image = rng.random(shape, dtype=np.float32) * 50
+    image[6:38, 6:34, 3:19] += 400
+    nib.save(nib.Nifti1Image(image, np.diag([*spacing, 1.0])), str(path))
+    return str(path)
+
+
+@pytest.fixture
+def tiny_bundle(tmp_path):
+    """The bundle's inference.json with a tiny UNet (its weights in models/model.pt) and 16-voxel windows."""
+    root = tmp_path / "bundle"
+    (root / "models").mkdir(parents=True)
+    shutil.copytree(BUNDLE_DIR / "configs", root / "configs")
+    config = json.loads((root / "configs" / "inference.json").read_text())
+    config["network_def"].update(
+        {"out_channels": 3, "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
+    )
+    config["num_classes"] = 3
+    config["roi_size"] = [16, 16, 8]
+    (root / "configs" / "inference.json").write_text(json.dumps(config))
+    torch.save(tiny_unet().state_dict(), root / "models" / "model.pt")
+    data = tmp_path / "volumes"
+    data.mkdir()
+    synthetic_nifti(data / "a_image.nii.gz", seed=1)
+    synthetic_nifti(data / "b_image.nii.gz", shape=(40, 44, 20), seed=2)
+    synthetic_nifti(data / "a_label.nii.gz", seed=3)  # excluded by the bundle's rule
+    return root, data

@@ -1,58 +1,15 @@
-"""grata_monai.bench.throughput: the bundle's pipeline split into stages, and the command on a tiny bundle."""
+"""grata_monai.bench.throughput: the command on a tiny bundle, in one process and in several."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
-import nibabel as nib
-import numpy as np
 import pytest
-import torch
-from monai.bundle import ConfigParser
 
-from grata_monai.bench.throughput import (
-    STAGES,
-    _Pipeline,
-    _writers,
-    run_throughput,
-    split_at_labels,
-    split_pipeline,
-    write_markdown,
-)
+from grata_monai.bench.pipeline import STAGES
+from grata_monai.bench.throughput import _together, run_throughput, write_markdown
 from grata_monai.defaults import loader_workers
-from tests.conftest import BUNDLE_DIR, ROOT, tiny_unet
-
-
-def _nifti(path, shape=(44, 40, 22), spacing=(1.8, 2.2, 4.5), seed=0) -> str:
-    """A synthetic MR-like volume: a bright body in a dark background, off the bundle's spacing."""
-    rng = np.random.default_rng(seed)
-    image = rng.random(shape, dtype=np.float32) * 50
-    image[6:38, 6:34, 3:19] += 400
-    nib.save(nib.Nifti1Image(image, np.diag([*spacing, 1.0])), str(path))
-    return str(path)
-
-
-@pytest.fixture
-def tiny_bundle(tmp_path):
-    """The bundle's inference.json with a tiny UNet (its weights in models/model.pt) and 16-voxel windows."""
-    root = tmp_path / "bundle"
-    (root / "models").mkdir(parents=True)
-    shutil.copytree(BUNDLE_DIR / "configs", root / "configs")
-    config = json.loads((root / "configs" / "inference.json").read_text())
-    config["network_def"].update(
-        {"out_channels": 3, "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
-    )
-    config["num_classes"] = 3
-    config["roi_size"] = [16, 16, 8]
-    (root / "configs" / "inference.json").write_text(json.dumps(config))
-    torch.save(tiny_unet().state_dict(), root / "models" / "model.pt")
-    data = tmp_path / "volumes"
-    data.mkdir()
-    _nifti(data / "a_image.nii.gz", seed=1)
-    _nifti(data / "b_image.nii.gz", shape=(40, 44, 20), seed=2)
-    _nifti(data / "a_label.nii.gz", seed=3)  # excluded by the bundle's rule
-    return root, data
+from tests.conftest import ROOT
 
 
 def test_loader_workers_sized_to_the_machine():
@@ -60,74 +17,6 @@ def test_loader_workers_sized_to_the_machine():
     assert loader_workers(16) == 8
     assert loader_workers(128) == 8
     assert loader_workers(1) == 1
-
-
-def test_split_pipeline_matches_the_bundle_preprocessing(tmp_path):
-    """Load then preprocess (on the CPU, with and without the device step) equals the bundle's preprocessing."""
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE_DIR / "configs" / "inference.json"))
-    parser["bundle_root"] = str(BUNDLE_DIR)
-    preprocessing = parser.get_parsed_content("preprocessing")
-    postprocessing = parser.get_parsed_content("postprocessing")
-    item = {"image": _nifti(tmp_path / "x.nii.gz")}
-    today = preprocessing(dict(item))["image"]
-    for device in (None, torch.device("cpu")):
-        load, pre, post, write = split_pipeline(preprocessing, postprocessing, device)
-        staged = pre(load(dict(item)))["image"]
-        assert staged.shape == today.shape
-        assert torch.allclose(staged.as_tensor(), today.as_tensor())
-        assert [type(t).__name__ for t in write.transforms] == ["SaveImaged"]
-        assert "Invertd" in [type(t).__name__ for t in post.transforms]
-    first = split_pipeline(preprocessing, postprocessing, torch.device("cpu"))[1].transforms[0]
-    assert type(first).__name__ == "EnsureTyped"
-
-
-def test_split_pipeline_needs_a_loader_and_a_writer():
-    from monai.transforms import Compose, Identityd
-
-    with pytest.raises(ValueError, match="LoadImaged"):
-        split_pipeline(Compose([Identityd("image")]), Compose([Identityd("pred")]))
-
-
-def test_split_at_labels_ends_the_first_part_with_the_argmax():
-    from monai.transforms import Activationsd, AsDiscreted, Compose, Identityd
-
-    argmax = AsDiscreted("pred", argmax=True)
-    to_labels, rest = split_at_labels(
-        Compose([Activationsd("pred", softmax=True), argmax, Identityd("pred")])
-    )
-    assert to_labels.transforms[-1] is argmax and len(to_labels.transforms) == 2
-    assert [type(t).__name__ for t in rest.transforms] == ["Identityd"]
-    to_labels, rest = split_at_labels(Compose([Identityd("pred")]))
-    assert not to_labels.transforms and len(rest.transforms) == 1
-
-
-def test_writer_processes_write_what_the_inferring_thread_writes(tiny_bundle, tmp_path):
-    """The same volume finished in this thread and handed to a writer process: the same label file."""
-    import nibabel as nib
-
-    root, data = tiny_bundle
-    written = {}
-    for mode in ("threads", "processes"):
-        out = tmp_path / mode
-        pipe = _Pipeline(root, torch.device("cpu"), str(out), device_preprocessing=False)
-        item = pipe.volumes(data)[0]
-        loaded, times = pipe.loader([item], 0).dataset[0]
-        batch, pred, _ = pipe.infer("plain", loaded, times)
-        writer = _writers(pipe, 1, mode)
-        try:
-            if mode == "threads":
-                writer.submit(pipe.finish, batch, pred, times).result()
-            else:
-                pipe.hand_off(batch, pred, times, writer)()
-        finally:
-            writer.shutdown()
-        assert times["postprocess"] > 0 and times["write"] > 0
-        (path,) = out.glob("*.nii.gz")
-        written[mode] = nib.load(path)
-    a, b = written["threads"], written["processes"]
-    assert np.array_equal(a.get_fdata(), b.get_fdata()) and np.allclose(a.affine, b.affine)
-    assert a.get_fdata().max() > 0  # organs found, not an empty map
 
 
 @pytest.mark.parametrize(
@@ -167,6 +56,7 @@ def test_run_throughput_writes_both_methods(
     for method in ("plain", "grata"):
         m = saved["methods"][method]
         assert len(m["passes"]) == repeats and m["volumes_per_s"] > 0 and m["peak_memory_mib"] > 0
+        assert all(p["volumes"] == 2 for p in m["passes"])
         assert set(m["stages_s"]) == set(STAGES)
         assert (
             m["stages_s"]["load"] > 0
@@ -178,6 +68,31 @@ def test_run_throughput_writes_both_methods(
     assert saved["grata_over_plain"] == pytest.approx(results["grata_over_plain"])
     md = (out / "tp.md").read_text()
     assert "| plain |" in md and "| grata |" in md and "GraTa/plain" in md
+
+
+def test_run_throughput_in_several_instances(tiny_bundle, tmp_path):
+    """Two processes, one volume each, twice per pass: four volumes per pass, counted together."""
+    root, data = tiny_bundle
+    results = run_throughput(
+        str(data), str(root), str(tmp_path), name="tp", repeats=1, device="cpu", num_workers=0,
+        writers=1, write_in="processes", instances=2, cycles=2,
+    )  # fmt: skip
+    assert results["settings"]["instances"] == 2 and results["settings"]["cycles"] == 2
+    for method in ("plain", "grata"):
+        (one,) = results["methods"][method]["passes"]
+        assert one["volumes"] == 4 and one["volumes_per_s"] == pytest.approx(4 / one["seconds"])
+        assert one["stages_s"]["write"] > 0
+    assert "in each of 2 processes" in (tmp_path / "tp.md").read_text()
+
+
+def test_passes_of_instances_count_together():
+    a = {"start": 10.0, "end": 12.0, "volumes": 3, "peak_memory_mib": 100.0,
+         "stages_s": dict.fromkeys(STAGES, 1.0)}  # fmt: skip
+    b = {"start": 10.5, "end": 14.0, "volumes": 1, "peak_memory_mib": 50.0,
+         "stages_s": dict.fromkeys(STAGES, 5.0)}  # fmt: skip
+    both = _together([a, b])
+    assert both["seconds"] == 4.0 and both["volumes"] == 4 and both["volumes_per_s"] == 1.0
+    assert both["stages_s"]["infer"] == 2.0 and both["peak_memory_mib"] == 150.0
 
 
 def test_run_throughput_refuses_to_replace_results(tiny_bundle, tmp_path):
@@ -198,6 +113,10 @@ def test_run_throughput_refuses_to_replace_results(tiny_bundle, tmp_path):
         {"streams": 0},
         {"write_in": "process", "writers": 2},
         {"write_in": "processes"},
+        {"instances": 0},
+        {"cycles": 0},
+        {"instances": 3},
+        {"settings": {"settle_window": 4}, "instances": 2},  # raised in the instances
         {"settings": "settle_windows=4"},
         {"settings": {"settle_window": 4}},
     ],

@@ -34,7 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 from grata_monai import adaptive
 from grata_monai.audit import VolumeReport
 from grata_monai.bench.common import device_name, git_revision
-from grata_monai.bench.throughput import _Pipeline
+from grata_monai.bench.pipeline import Pipeline
 from grata_monai.postprocess import KeepOrganComponentsd
 
 PHASES = ("copy", "adapt", "statistics", "statistics_looped", "plain")
@@ -78,7 +78,7 @@ def _looped():
 
 
 def phases(
-    pipe: _Pipeline, batch: torch.Tensor, counted: str | None = None, parts: bool = False
+    pipe: Pipeline, batch: torch.Tensor, counted: str | None = None, parts: bool = False
 ) -> dict:
     """The inferer's phases on one volume, as ``AdaptiveInferer.infer_volume`` runs them; with
     ``counted``, that phase's kernel launches too (``"kernels"``); with ``parts``, the adaptation's
@@ -147,7 +147,7 @@ def phases(
 def main(dataset_dir: str, out: str, limit: int = 8, settings: dict | None = None) -> None:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        pipe = _Pipeline(Path("bundle"), dev, tmp, device_preprocessing=True, settings=settings)
+        pipe = Pipeline(Path("bundle"), dev, tmp, device_preprocessing=True, settings=settings)
         items = pipe.volumes(Path(dataset_dir))[:limit]
         batches = []
         for item in items:

@@ -19,7 +19,7 @@ from monai.data import list_data_collate
 
 from grata_monai.audit import reports_of
 from grata_monai.bench.common import device_name, git_revision
-from grata_monai.bench.throughput import _Pipeline
+from grata_monai.bench.pipeline import Pipeline
 
 
 def main(dataset_dir: str, out: str) -> None:
@@ -27,7 +27,7 @@ def main(dataset_dir: str, out: str) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         pipes = {
-            g: _Pipeline(Path("bundle"), dev, tmp, True, {"cuda_graphs": g}) for g in (False, True)
+            g: Pipeline(Path("bundle"), dev, tmp, True, {"cuda_graphs": g}) for g in (False, True)
         }
         for item in pipes[False].volumes(Path(dataset_dir)):
             data = pipes[False].preprocess(pipes[False].load(dict(item)))
