@@ -224,14 +224,18 @@ class Pipeline:
         return self.parser.get_parsed_content("volumes")
 
     def loader(self, items: list[dict], num_workers: int) -> DataLoader:
-        """Loaded (and, unless on the device, preprocessed) items, in order, from persistent workers."""
+        """Loaded (and, unless on the device, preprocessed) items, in order, from persistent workers,
+        forked where the platform can (also in a spawned process, where each spawned worker would
+        import torch and MONAI again)."""
         dataset = _Loading(items, self.load, None if self.device_preprocessing else self.preprocess)
+        fork = num_workers > 0 and "fork" in multiprocessing.get_all_start_methods()
         return DataLoader(
             dataset,
             batch_size=None,
             num_workers=num_workers,
             collate_fn=_as_is,
             persistent_workers=num_workers > 0,
+            multiprocessing_context="fork" if fork else None,
         )
 
     def infer(self, method: str, data: dict, times: dict) -> tuple[dict, torch.Tensor, dict]:

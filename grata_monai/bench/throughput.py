@@ -83,8 +83,7 @@ def _measure(
                     warm = [items[i % len(items)] for i in range(max(plan.streams, plan.writers))]
                     pipe.run_pass(method, pipe.loader(warm, 0), None, output, plan.streams)
             loader = pipe.loader(items * plan.cycles, plan.num_workers)
-            # its workers started now, not in a timed pass (in a spawned instance they are spawned
-            # too, and each imports torch and MONAI); the next pass starts over
+            # its workers started now, not in the first timed pass; the next pass starts over
             next(iter(loader))
             passes: dict[str, list[dict]] = {m: [] for m in pipe.inferers}
             for _ in range(plan.repeats):
