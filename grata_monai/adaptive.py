@@ -38,6 +38,7 @@ from grata_monai.norms import (
     PARAM_SCOPES,
     batch_norm_statistics,
     blend_batch_norm_statistics,
+    blended_statistics,
     configure_model,
     load_batch_norm_statistics,
     settle_batch_norm_statistics,
@@ -481,13 +482,7 @@ class AdaptiveInferer(Inferer):
         own = batch_norm_statistics(network)
         source = batch_norm_statistics(episode.source)
         weights = self.statistics_candidates
-        candidates = [
-            [
-                (sm.to(om).lerp(om, w), sv.to(ov).lerp(ov, w))
-                for (sm, sv), (om, ov) in zip(source, own)
-            ]
-            for w in weights
-        ]
+        candidates = [blended_statistics(source, own, w) for w in weights]
         if self.settle_windows is None:
             outputs = _each(network, candidates, device, lambda f: self.sliding(batch, f))
         else:

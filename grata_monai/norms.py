@@ -17,6 +17,7 @@ __all__ = [
     "batch_norm_layers",
     "batch_norm_statistics",
     "blend_batch_norm_statistics",
+    "blended_statistics",
     "collect_params",
     "configure_model",
     "find_norm_layers",
@@ -183,10 +184,22 @@ def load_batch_norm_statistics(
         m.running_var.copy_(var)
 
 
+def blended_statistics(
+    source: list[tuple[torch.Tensor, torch.Tensor]],
+    own: list[tuple[torch.Tensor, torch.Tensor]],
+    weight: float,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``weight * own + (1 - weight) * source`` per layer's (mean, var), on ``own``'s device; 0 gives
+    the source's exactly, 1 the own."""
+    return [
+        (sm.to(om).lerp(om, weight), sv.to(ov).lerp(ov, weight))
+        for (sm, sv), (om, ov) in zip(source, own, strict=True)
+    ]
+
+
 @torch.no_grad()
 def blend_batch_norm_statistics(network: nn.Module, source: nn.Module, weight: float) -> None:
-    """Set ``network``'s BatchNorm running statistics to ``weight * own + (1 - weight) * source's``
-    (``source`` may sit on another device); 0 restores the source's exactly, 1 keeps its own."""
-    for m, s in zip(batch_norm_layers(network), batch_norm_layers(source), strict=True):
-        m.running_mean.copy_(s.running_mean.to(m.running_mean).lerp(m.running_mean, weight))
-        m.running_var.copy_(s.running_var.to(m.running_var).lerp(m.running_var, weight))
+    """Set ``network``'s BatchNorm running statistics to the :func:`blended_statistics` of
+    ``source``'s (which may sit on another device) and its own."""
+    own, theirs = batch_norm_statistics(network), batch_norm_statistics(source)
+    load_batch_norm_statistics(network, blended_statistics(theirs, own, weight))

@@ -7,6 +7,9 @@ import torch
 from torch import nn
 
 from grata_monai.norms import (
+    batch_norm_statistics,
+    blend_batch_norm_statistics,
+    blended_statistics,
     collect_params,
     configure_model,
     find_norm_layers,
@@ -78,3 +81,25 @@ def test_settle_uses_mean_of_per_batch_statistics(scripted):
     var = torch.stack([f.var(dim=(0, 2, 3, 4), unbiased=True) for f in feats]).mean(0)
     torch.testing.assert_close(bn.running_mean, mean, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(bn.running_var, var, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+def test_blend_mixes_own_and_source_statistics(weight):
+    """The blend is ``weight * own + (1 - weight) * source`` per layer; 0 and 1 give either exactly."""
+    source, own = tiny_unet(seed=0), tiny_unet(seed=1)
+    for i, net in enumerate((source, own)):
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm3d):
+                m.running_mean.uniform_(-1, 1).add_(i)
+                m.running_var.uniform_(0.5, 2.0).mul_(i + 1)
+    theirs, mine = batch_norm_statistics(source), batch_norm_statistics(own)
+    blended = blended_statistics(theirs, mine, weight)
+    blend_batch_norm_statistics(own, source, weight)
+    for (sm, sv), (om, ov), (bm, bv), (nm, nv) in zip(
+        theirs, mine, blended, batch_norm_statistics(own), strict=True
+    ):
+        torch.testing.assert_close(bm, weight * om + (1 - weight) * sm)
+        torch.testing.assert_close(bv, weight * ov + (1 - weight) * sv)
+        assert torch.equal(nm, bm) and torch.equal(nv, bv)
+        if weight in (0.0, 1.0):
+            assert torch.equal(bm, om if weight else sm) and torch.equal(bv, ov if weight else sv)
