@@ -96,9 +96,8 @@ _HOST: dict[str, Compose] = {}  # a writer process's transforms (set by _start_h
 
 
 def _start_host(postprocess: Compose, write: Compose) -> None:
-    torch.set_num_threads(
-        1
-    )  # the writers share the cores with the loader and the inferring process
+    # one thread: the writers share the cores with the loader and the inferring process
+    torch.set_num_threads(1)
     _HOST.update(postprocess=postprocess, write=write)
 
 
