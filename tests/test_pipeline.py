@@ -7,7 +7,13 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from grata_monai.bench.pipeline import Pipeline, split_at_labels, split_pipeline, start_writers
+from grata_monai.bench.pipeline import (
+    Pipeline,
+    bundle_volumes,
+    split_at_labels,
+    split_pipeline,
+    start_writers,
+)
 from tests.conftest import BUNDLE_DIR, synthetic_nifti
 
 
@@ -60,7 +66,7 @@ def test_writer_processes_write_what_the_inferring_thread_writes(tiny_bundle, tm
     for mode in ("threads", "processes"):
         out = tmp_path / mode
         pipe = Pipeline(root, torch.device("cpu"), str(out), device_preprocessing=False)
-        item = pipe.volumes(data)[0]
+        item = bundle_volumes(root, data)[0]
         loaded, times = pipe.loader([item], 0).dataset[0]
         batch, pred, _ = pipe.infer("plain", loaded, times)
         writer = start_writers(pipe, 1, mode)

@@ -34,7 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 from grata_monai import adaptive
 from grata_monai.audit import VolumeReport
 from grata_monai.bench.common import device_name, git_revision
-from grata_monai.bench.pipeline import Pipeline
+from grata_monai.bench.pipeline import Pipeline, bundle_volumes
 from grata_monai.postprocess import KeepOrganComponentsd
 
 PHASES = ("copy", "adapt", "statistics", "statistics_looped", "plain")
@@ -148,7 +148,7 @@ def main(dataset_dir: str, out: str, limit: int = 8, settings: dict | None = Non
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         pipe = Pipeline(Path("bundle"), dev, tmp, device_preprocessing=True, settings=settings)
-        items = pipe.volumes(Path(dataset_dir))[:limit]
+        items = bundle_volumes(Path("bundle"), Path(dataset_dir))[:limit]
         batches = []
         for item in items:
             data = pipe.preprocess(pipe.load(dict(item)))

@@ -19,7 +19,7 @@ from monai.data import list_data_collate
 
 from grata_monai.audit import reports_of
 from grata_monai.bench.common import device_name, git_revision
-from grata_monai.bench.pipeline import Pipeline
+from grata_monai.bench.pipeline import Pipeline, bundle_volumes
 
 
 def main(dataset_dir: str, out: str) -> None:
@@ -29,7 +29,7 @@ def main(dataset_dir: str, out: str) -> None:
         pipes = {
             g: Pipeline(Path("bundle"), dev, tmp, True, {"cuda_graphs": g}) for g in (False, True)
         }
-        for item in pipes[False].volumes(Path(dataset_dir)):
+        for item in bundle_volumes(Path("bundle"), Path(dataset_dir)):
             data = pipes[False].preprocess(pipes[False].load(dict(item)))
             batch = list_data_collate([data])["image"].to(dev)
             runs = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import resource
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +39,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from grata_monai.audit import reports_of
 
-__all__ = ["STAGES", "WRITE_IN", "Pipeline", "split_at_labels", "split_pipeline", "start_writers"]
+__all__ = [
+    "STAGES",
+    "WRITE_IN",
+    "Pipeline",
+    "bundle_volumes",
+    "split_at_labels",
+    "split_pipeline",
+    "start_writers",
+]
 
 WRITE_IN = ("threads", "processes")
 STAGES = ("load", "preprocess", "wait", "adapt", "infer", "postprocess", "write")
@@ -172,6 +181,16 @@ def _peak_mib(device: torch.device) -> float:
         )  # never reset: the process's peak
 
 
+def bundle_volumes(bundle_dir: Path, dataset_dir: Path) -> list[dict]:
+    """The inputs of ``dataset_dir`` as the bundle's ``inference.json`` finds them (its
+    ``exclude`` applies)."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle_dir)
+    parser["dataset_dir"] = str(dataset_dir)
+    return parser.get_parsed_content("volumes")
+
+
 class Pipeline:
     """One bundle's pipeline on one device: the four stages and the two inferers."""
 
@@ -192,7 +211,7 @@ class Pipeline:
             if key not in parser["inferer"]:
                 raise ValueError(f"--settings: the bundle's inferer has no setting {key!r}.")
             parser[f"inferer#{key}"] = list(value) if isinstance(value, tuple) else value
-        self.parser, self.device = parser, device
+        self.device = device
         self.load, self.preprocess, self.postprocess, self.write = split_pipeline(
             parser.get_parsed_content("preprocessing"),
             parser.get_parsed_content("postprocessing"),
@@ -217,17 +236,12 @@ class Pipeline:
         }
         self.sliding = sliding
 
-    def volumes(self, dataset_dir: Path) -> list[dict]:
-        """The inputs of ``dataset_dir`` as the bundle finds them (its ``exclude`` applies)."""
-        self.parser["dataset_dir"] = str(dataset_dir)
-        return self.parser.get_parsed_content("volumes")
-
     def loader(self, items: list[dict], num_workers: int) -> DataLoader:
-        """Loaded (and, unless on the device, preprocessed) items, in order, from persistent workers,
-        forked where the platform can (also in a spawned process, where each spawned worker would
-        import torch and MONAI again)."""
+        """Loaded (and, unless on the device, preprocessed) items, in order, from persistent workers;
+        on Linux forked, as there by default, also in a spawned process (where each spawned worker
+        would import torch and MONAI again)."""
         dataset = _Loading(items, self.load, None if self.device_preprocessing else self.preprocess)
-        fork = num_workers > 0 and "fork" in multiprocessing.get_all_start_methods()
+        fork = num_workers > 0 and sys.platform.startswith("linux")
         return DataLoader(
             dataset,
             batch_size=None,

@@ -22,12 +22,11 @@ from threading import BrokenBarrierError
 from typing import Any
 
 import torch
-from monai.bundle import ConfigParser
 from tqdm import tqdm
 
 from grata_monai.bench import paths
 from grata_monai.bench.common import device_name, git_revision
-from grata_monai.bench.pipeline import STAGES, WRITE_IN, Pipeline, start_writers
+from grata_monai.bench.pipeline import STAGES, WRITE_IN, Pipeline, bundle_volumes, start_writers
 from grata_monai.defaults import loader_workers
 
 __all__ = ["run_throughput", "write_markdown"]
@@ -146,15 +145,6 @@ def _together(passes: list[dict]) -> dict:
         },
         "peak_memory_mib": sum(p["peak_memory_mib"] for p in passes),
     }
-
-
-def bundle_volumes(bundle_dir: Path, dataset_dir: Path) -> list[dict]:
-    """The inputs of ``dataset_dir`` as the bundle's ``inference.json`` finds them."""
-    parser = ConfigParser()
-    parser.read_config(str(bundle_dir / "configs" / "inference.json"))
-    parser["bundle_root"] = str(bundle_dir)
-    parser["dataset_dir"] = str(dataset_dir)
-    return parser.get_parsed_content("volumes")
 
 
 def run_throughput(

@@ -43,8 +43,9 @@ class _InBackground:
 class BackgroundWrites:
     """``postprocessing`` with its ``SaveImaged`` writes run in ``threads`` background threads.
 
-    At most ``2 * threads`` writes wait at a time (the next volume waits for the oldest: memory
-    stays bounded). A failed write raises its error on the next volume, or when the run completes.
+    With more than ``2 * threads`` writes pending, the next volume waits for the oldest (memory
+    stays bounded). A failed write raises its error on the next volume once the writes before it
+    are done, and at the latest when the run completes.
     ``threads=0`` writes in the calling thread, as the plain ``postprocessing`` does.
 
     Args:
@@ -77,7 +78,8 @@ class BackgroundWrites:
         return self.transforms(data)
 
     def _settle(self, limit: int) -> None:
-        """Raise the first failed write; wait for the oldest until at most ``limit`` are pending."""
+        """Collect the finished writes in order (raising a failed one's error); wait for the oldest
+        until at most ``limit`` are pending."""
         while self.pending and (len(self.pending) > limit or self.pending[0].done()):
             self.pending.popleft().result()
 
