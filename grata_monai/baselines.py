@@ -14,7 +14,7 @@ import torch
 from grata_monai.adaptive import AdaptiveInferer, Episode
 from grata_monai.alignment import StepRecord
 from grata_monai.losses import entropy, probabilities, probability_entropy
-from grata_monai.views import augment_each, strong_augmentation
+from grata_monai.views import StrongAugmentation
 
 __all__ = ["NormStatsInferer", "TentInferer", "MemoInferer"]
 
@@ -71,9 +71,9 @@ class MemoInferer(AdaptiveInferer):
     def adapt_step(self, episode: Episode, x: torch.Tensor) -> StepRecord:
         augment = episode.state.get("augment")
         if augment is None:
-            augment = episode.state["augment"] = strong_augmentation()
-            augment.set_random_state(state=episode.rng)
-        views = torch.cat([augment_each(augment, x) for _ in range(self.n_aug)])
+            augment = episode.state["augment"] = StrongAugmentation()
+            augment.set_random_state(episode.rng)
+        views = torch.cat([augment(x) for _ in range(self.n_aug)])
         probs = probabilities(episode.passes(views).float(), self.sigmoid)
         marginal = probs.reshape(self.n_aug, *x.shape[:1], *probs.shape[1:]).mean(dim=0)
         return self.descend(episode, probability_entropy(marginal))

@@ -47,10 +47,9 @@ def signals(network: nn.Module, patches: torch.Tensor, sigmoid: bool = False) ->
     if sigmoid:
         volumes = (logits > 0).float().mean(dim=(0, *range(2, logits.ndim)))
     else:
-        volumes = (
-            torch.bincount(logits.argmax(1).flatten(), minlength=logits.shape[1])
-            / logits[:, 0].numel()
-        )
+        labels = logits.argmax(1).flatten()  # counted by scatter_add_: bincount reads its max
+        counts = torch.zeros(logits.shape[1], dtype=torch.long, device=logits.device)
+        volumes = counts.scatter_add_(0, labels, torch.ones_like(labels)) / labels.numel()
     return torch.cat([entropy(logits, sigmoid).reshape(1), volumes])
 
 

@@ -226,8 +226,7 @@ class GraTaInferer(AdaptiveInferer):
                 self._consistency(episode.rng),
             )
         aux, consistency = losses
-        # The strong view is drawn before any pass: the host reads of its MONAI transforms then
-        # wait for no queued GPU work (its random draws come in the same order).
+        # The strong view is drawn first, so its random draws come before the passes' in the rng.
         pseudo = functools.partial(consistency, strong_view=consistency.strong(x))
         return grata_step(
             episode.passes,

@@ -16,7 +16,7 @@ from torch import nn
 
 from grata_monai.augment import GPUAugment
 from grata_monai.defaults import BATCH_VIEWS, WEAK_TRANSFORMS
-from grata_monai.views import WEAK_VIEWS, augment_each, strong_augmentation, weak_transform
+from grata_monai.views import WEAK_VIEWS, StrongAugmentation, weak_transform
 
 __all__ = [
     "EPS",
@@ -111,17 +111,18 @@ def invariant_augmentation(prob: float = 0.5) -> GPUAugment:
 
 
 class PaperStrongView:
-    """GraTa's strong view: MONAI's random brightness/contrast/gamma/noise/blur, per image of the batch."""
+    """GraTa's strong view: MONAI's random brightness/contrast/gamma/noise/blur, per image of the batch
+    (:class:`~grata_monai.views.StrongAugmentation`)."""
 
     def __init__(self, prob: float = 0.5) -> None:
-        self.augment = strong_augmentation(prob)
+        self.augment = StrongAugmentation(prob)
 
     def set_random_state(self, state: np.random.RandomState) -> None:
         """Draw the augmentation's randomness from ``state``."""
-        self.augment.set_random_state(state=state)
+        self.augment.set_random_state(state)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return augment_each(self.augment, x)
+        return self.augment(x)
 
 
 class InvariantStrongView:

@@ -2,13 +2,14 @@
 
 Weak views are exact flips and axial rotations (:func:`weak_transform` maps a view and its
 prediction back); the strong view is MONAI's random intensity transforms (:func:`strong_augmentation`),
-applied to each image of a batch by :func:`augment_each`.
+applied to each image of a batch on its device by :class:`StrongAugmentation`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from monai.networks.layers import separable_filtering
 from monai.transforms import (
     Compose,
     RandAdjustContrast,
@@ -24,7 +25,7 @@ __all__ = [
     "WEAK_VIEWS",
     "weak_transform",
     "DeviceGaussianNoise",
-    "augment_each",
+    "StrongAugmentation",
     "strong_augmentation",
 ]
 
@@ -65,11 +66,6 @@ class DeviceGaussianNoise(RandomizableTransform):
         return img + std * noise
 
 
-def augment_each(augment: Compose, x: torch.Tensor) -> torch.Tensor:
-    """Apply ``augment`` to each image of the batch ``x`` independently (plain tensors out)."""
-    return torch.stack([convert_to_tensor(augment(img), track_meta=False) for img in x]).to(x.dtype)
-
-
 def strong_augmentation(prob: float = 0.5) -> Compose:
     """The strong intensity augmentation of GraTa, built from MONAI transforms.
 
@@ -88,3 +84,59 @@ def strong_augmentation(prob: float = 0.5) -> Compose:
             ScaleIntensity(minv=0.0, maxv=1.0),
         ]
     )
+
+
+class StrongAugmentation:
+    """:func:`strong_augmentation` on each image of a batch (B, C, *spatial), on the batch's device
+    without a host read.
+
+    The random draws are its MONAI transforms' own (their ``randomize``, in the Compose's order);
+    the arithmetic is theirs, with the drawn values as host numbers and each image's minimum,
+    maximum and mean kept on the device. MONAI's transforms read the minimum and maximum, and build
+    the blur kernels, on the host, and on a GPU each such read waits for all queued work. The
+    output matches the Compose applied image by image (the tests assert it).
+    """
+
+    def __init__(self, prob: float = 0.5) -> None:
+        self.transforms = strong_augmentation(prob)
+
+    def set_random_state(self, state: np.random.RandomState) -> None:
+        """Draw the augmentation's randomness from ``state``."""
+        self.transforms.set_random_state(state=state)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self._image(convert_to_tensor(i, track_meta=False)) for i in x]).to(
+            x.dtype
+        )
+
+    def _image(self, img: torch.Tensor) -> torch.Tensor:
+        brightness, contrast, gamma, noise, blur, _ = self.transforms.transforms
+        img = img.float()
+        brightness.randomize(img)
+        if brightness._do_transform:
+            img = img * (1 + brightness.factor)
+        contrast.randomize(img)
+        if contrast._do_transform:
+            mean = img.mean()
+            img = (img - mean) * (1 + contrast.factor) + mean
+        gamma.randomize()
+        if gamma._do_transform:  # on the inverted image, as invert_image=True
+            low, inverted = (-img).amin(), -img
+            span = inverted.amax() - low
+            img = -(((inverted - low) / (span + 1e-7)) ** gamma.gamma_value * span + low)
+        img = noise(img)
+        blur.randomize()
+        if blur._do_transform:
+            kernels = [_erf_kernel(s, img.device) for s in (blur.x, blur.y, blur.z)]
+            img = separable_filtering(img[None], kernels[: img.ndim - 1])[0]
+        low, high = img.amin(), img.amax()  # ScaleIntensity(0, 1); a constant image becomes 0
+        return torch.where(high > low, (img - low) / (high - low), img * 0.0)
+
+
+def _erf_kernel(sigma: float, device: torch.device) -> torch.Tensor:
+    """MONAI's ``gaussian_1d(sigma, 4.0, "erf")``, built on ``device`` from a host ``sigma``."""
+    sigma32 = np.float32(sigma)
+    tail = int(max(float(sigma32) * 4.0, 0.5) + 0.5)
+    t = float(np.float32(0.70710678) / abs(sigma32))
+    x = torch.arange(-tail, tail + 1, dtype=torch.float, device=device)
+    return (0.5 * ((t * (x + 0.5)).erf() - (t * (x - 0.5)).erf())).clamp(min=0)

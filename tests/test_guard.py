@@ -46,6 +46,10 @@ def test_measure(unet, volume):
     assert 0 < measured.entropy < torch.log(torch.tensor(3.0)) + 1e-4
     assert len(measured.volumes) == 3 and sum(measured.volumes) == pytest.approx(1.0)
     assert Signals.of(signals(unet, volume).tolist()) == measured
+    with torch.no_grad():
+        labels = unet(volume).argmax(1).flatten()
+    fractions = torch.bincount(labels, minlength=3) / labels.numel()
+    assert measured.volumes == pytest.approx(fractions.tolist())
 
 
 def test_all_finite():

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from grata_monai.views import WEAK_VIEWS, DeviceGaussianNoise, strong_augmentation, weak_transform
+from grata_monai.views import (
+    WEAK_VIEWS,
+    DeviceGaussianNoise,
+    StrongAugmentation,
+    strong_augmentation,
+    weak_transform,
+)
 
 
 @pytest.mark.parametrize("name", WEAK_VIEWS)
@@ -28,6 +36,53 @@ def test_strong_augmentation_range_device_and_seed():
     assert not torch.allclose(y, x)
     aug.set_random_state(seed=3)
     assert torch.equal(torch.as_tensor(aug(x)), y)
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the operations that read a tensor's value to the host (``item``, ``bool``, ``float``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func in (
+            torch.ops.aten._local_scalar_dense.default,
+            torch.ops.aten.is_nonzero.default,
+        )
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("prob", [0.0, 0.5, 1.0])
+def test_strong_augmentation_batch_matches_monai_image_by_image(prob):
+    x = torch.rand(6, 1, 20, 18, 10)
+    x[5] = 0.3  # a constant image: ScaleIntensity gives zeros
+    batched, reference = StrongAugmentation(prob), strong_augmentation(prob)
+    batched.set_random_state(np.random.RandomState(7))
+    reference.set_random_state(state=np.random.RandomState(7))
+    expected = torch.stack([torch.as_tensor(reference(img)) for img in x])
+    torch.testing.assert_close(batched(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_strong_augmentation_reads_nothing_to_the_host():
+    x = torch.rand(4, 1, 16, 16, 8)
+    batched, reference = StrongAugmentation(1.0), strong_augmentation(1.0)
+    batched.set_random_state(np.random.RandomState(0))
+    with _HostReads() as reads:
+        batched(x)
+    assert reads.count == 0
+    with _HostReads() as reads:  # the check can fail: MONAI's transforms do read
+        reference(x[0])
+    assert reads.count > 0
+
+
+def test_strong_augmentation_keeps_dtype_and_range():
+    x = torch.rand(2, 1, 16, 16, 8).to(torch.bfloat16)
+    augment = StrongAugmentation(1.0)
+    augment.set_random_state(np.random.RandomState(1))
+    y = augment(x)
+    assert y.dtype == torch.bfloat16 and y.shape == x.shape
+    assert y.float().amin().item() == 0.0 and y.float().amax().item() == 1.0
 
 
 def test_device_gaussian_noise_is_seeded_and_bounded():

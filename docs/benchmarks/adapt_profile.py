@@ -13,7 +13,9 @@ preprocessed grid; the labelling runs on the CPU). The two statistics passes' en
 weights and voxel label agreement go into ``statistics_rule``. Seconds are medians over the volumes
 after one warm-up volume; the adaptation's parts come from a second run with a wait for the GPU
 around each part (``adapt_parts_median_ms``). Kernel launches are counted by ``torch.profiler`` on
-the first volume; each phase's top operators (self CPU time) go into ``OUT.txt``.
+the first volume; each phase's top operators (self CPU time) go into ``OUT.txt``. The host's waits
+for the GPU (``torch.cuda``'s sync debug mode) are listed per phase and source line, first volume
+(``host_waits_first_volume``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -67,6 +71,22 @@ def _timed(parts: dict, dev: torch.device):
 
 
 @contextlib.contextmanager
+def _host_waits(waits: dict, name: str):
+    """The host's waits for the GPU inside the block, counted by source line into ``waits[name]``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    lines = (
+        f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)
+    )
+    waits[name] = dict(Counter(lines))
+
+
+@contextlib.contextmanager
 def _looped():
     """The statistics rule as TorchScript networks run it: one pass per window and per candidate."""
     stack = adaptive.can_stack
@@ -78,11 +98,16 @@ def _looped():
 
 
 def phases(
-    pipe: Pipeline, batch: torch.Tensor, counted: str | None = None, parts: bool = False
+    pipe: Pipeline,
+    batch: torch.Tensor,
+    counted: str | None = None,
+    parts: bool = False,
+    waits: bool = False,
 ) -> dict:
     """The inferer's phases on one volume, as ``AdaptiveInferer.infer_volume`` runs them; with
     ``counted``, that phase's kernel launches too (``"kernels"``); with ``parts``, the adaptation's
-    parts, each timed between two waits for the GPU (which then slow the adaptation down)."""
+    parts, each timed between two waits for the GPU (which then slow the adaptation down); with
+    ``waits``, each phase's waits for the GPU by source line (``"waits"``)."""
     inferer, dev, network = pipe.inferers["grata"], pipe.device, pipe.network
     volume = convert_to_tensor(batch[0], track_meta=False)
     report = VolumeReport(inferer.method, {})
@@ -90,8 +115,11 @@ def phases(
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp)
     times, clock = {}, time.perf_counter()
     prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+    host_waits: dict = {}
 
     def phase(name: str):
+        if waits:
+            return _host_waits(host_waits, name)
         return prof if name == counted else contextlib.nullcontext()
 
     def lap(name: str) -> None:
@@ -138,6 +166,8 @@ def phases(
         keep({"pred": label})
         lap("keep_organ_components")
     inferer.release(episode)  # as the inferer does: the next volume reuses this working copy
+    if waits:
+        times["waits"] = host_waits
     if counted is not None:
         times["kernels"] = sum(1 for e in prof.events() if e.device_type.name == "CUDA")
         times["table"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
@@ -155,6 +185,7 @@ def main(dataset_dir: str, out: str, limit: int = 8, settings: dict | None = Non
             batches.append(list_data_collate([data])["image"].to(dev))
         phases(pipe, batches[0])  # warm-up
         counted = {p: phases(pipe, batches[0], p) for p in PHASES}
+        waits = phases(pipe, batches[0], waits=True)["waits"] if dev.type == "cuda" else {}
         rows = [phases(pipe, b) for b in batches]
         split = [phases(pipe, b, parts=True) for b in batches]
     result = {
@@ -170,12 +201,13 @@ def main(dataset_dir: str, out: str, limit: int = 8, settings: dict | None = Non
         },
         "statistics_rule": [r["rule"] for r in rows],
         "kernels_first_volume": {p: c["kernels"] for p, c in counted.items()},
+        "host_waits_first_volume": waits,
         "settings": pipe.inferers["grata"].settings(),
     }
     Path(out).write_text(json.dumps(result, indent=1, default=str) + "\n")
     tables = "\n".join(f"## {p}\n{c['table']}" for p, c in counted.items())
     Path(out).with_suffix(".txt").write_text(tables)
-    keys = ("median_ms", "adapt_parts_median_ms", "kernels_first_volume")
+    keys = ("median_ms", "adapt_parts_median_ms", "kernels_first_volume", "host_waits_first_volume")
     print(json.dumps({k: result[k] for k in keys}, indent=1))
 
 
