@@ -44,6 +44,7 @@ from grata_monai.norms import (
     settle_batch_norm_statistics,
     use_test_statistics,
 )
+from grata_monai.pairs import PairedPasses
 from grata_monai.sampling import body_patches, windows
 from grata_monai.stacked_norms import can_stack, settle_per_window, stacked_statistics
 
@@ -163,6 +164,9 @@ class AdaptiveInferer(Inferer):
             norm-layer affine parameters).
         cuda_graphs: on CUDA, run the adaptation's network passes as CUDA graphs, captured once per
             working copy (:mod:`grata_monai.graphs`); False: eagerly. No effect on a CPU.
+        pair_patches: on a CPU, run each adaptation pass of a single patch as two copies of it:
+            the same outputs and gradients, through PyTorch's faster convolutions for small
+            patches (:mod:`grata_monai.pairs`). No effect on other devices.
         guard: check the adaptation on held-out patches (:mod:`grata_monai.guard`) and fall back
             to the unadapted weights for the volume when it diverged or got worse (continual mode:
             reset to the source weights); the reason is in the volume's report. True: a
@@ -201,6 +205,7 @@ class AdaptiveInferer(Inferer):
         adapt_params: str = "norm",
         guard: bool | DivergenceGuard = True,
         cuda_graphs: bool = defaults.CUDA_GRAPHS,
+        pair_patches: bool = False,
         mode: str = "constant",
         sigma_scale: Sequence[float] | float = 0.125,
         padding_mode: str = "constant",
@@ -241,7 +246,13 @@ class AdaptiveInferer(Inferer):
             raise ValueError(
                 f"Need steps >= 0 and patches_per_step >= 1, got {steps} and {patches_per_step}."
             )
-        flags = {"episodic": episodic, "amp": amp, "sigmoid": sigmoid, "cuda_graphs": cuda_graphs}
+        flags = {
+            "episodic": episodic,
+            "amp": amp,
+            "sigmoid": sigmoid,
+            "cuda_graphs": cuda_graphs,
+            "pair_patches": pair_patches,
+        }
         for name, value in flags.items():
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}.")
@@ -287,7 +298,7 @@ class AdaptiveInferer(Inferer):
         self.guard = (
             guard if isinstance(guard, DivergenceGuard) else DivergenceGuard() if guard else None
         )
-        self.cuda_graphs = cuda_graphs
+        self.cuda_graphs, self.pair_patches = cuda_graphs, pair_patches
         self._episode: Episode | None = None  # the continual state
         self._lock = threading.Lock()
         self._idle = weakref.WeakKeyDictionary()  # per source network: working copies not in use
@@ -306,6 +317,8 @@ class AdaptiveInferer(Inferer):
             passes = self._graphs.get(network)
             if passes is None:
                 passes = self._graphs[network] = CapturedPasses(network, params)
+        elif self.pair_patches and device.type == "cpu":
+            passes = PairedPasses(network)
         # On CUDA a fused step, its learning rate a tensor: GraTa sets its rate without a wait.
         lr = torch.full((), self.lr0, device=device) if cuda else self.lr0
         optimizer = opt_cls(params, lr=lr, fused=cuda or None)
@@ -378,6 +391,7 @@ class AdaptiveInferer(Inferer):
             "patch_size",
             "settle_windows",
             "cuda_graphs",
+            "pair_patches",
         )
         return {
             "method": self.method,
@@ -505,7 +519,9 @@ class AdaptiveInferer(Inferer):
         )  # MetaTensor ops are slow in the hot loop
         amp = self.amp and device.type == "cuda"  # bfloat16 autocast on CUDA only
         graphs = self.cuda_graphs and device.type == "cuda"
-        settings = {**self.settings(), "amp": amp, "cuda_graphs": graphs}  # used, not asked
+        paired = self.pair_patches and device.type == "cpu"
+        used = {"amp": amp, "cuda_graphs": graphs, "pair_patches": paired}  # used, not asked
+        settings = {**self.settings(), **used}
         report = VolumeReport(
             self.method,
             settings,

@@ -102,6 +102,7 @@ DEVICE_SETTINGS = {
         "guard": True,
         "settle_windows": None,
         "statistics_candidates": STATISTICS_CANDIDATES,
+        "pair_patches": False,
     },
     "cpu": {
         "patches_per_step": 1,
@@ -110,6 +111,7 @@ DEVICE_SETTINGS = {
         "guard": True,
         "settle_windows": 2,
         "statistics_candidates": (0.0, 1.0),
+        "pair_patches": True,
     },
 }
 

@@ -181,6 +181,7 @@ def test_bundle_inferer_takes_the_device_settings(device):
     )
     assert inferer.patch_size == tuple(expected["patch_size"] or defaults.ROI_SIZE)
     assert inferer.statistics_candidates == expected["statistics_candidates"]
+    assert inferer.pair_patches == expected["pair_patches"] == (device == "cpu")
 
 
 def test_preprocessing_identical_in_train_validate_and_inference():

@@ -16,6 +16,7 @@ def test_gpu_settings_are_the_studys_defaults():
         "guard": True,
         "settle_windows": None,
         "statistics_candidates": defaults.STATISTICS_CANDIDATES,
+        "pair_patches": False,
     }
     assert defaults.for_device(torch.device("cuda")) == gpu
 

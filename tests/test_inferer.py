@@ -415,7 +415,7 @@ def test_guard_thresholds_and_abstract_step():
     with pytest.raises(ValueError, match="guard must be"):
         GraTaInferer(ROI, guard="yes")
     # "false" from a command line is truthy
-    for flag in ("episodic", "amp", "sigmoid", "cuda_graphs"):
+    for flag in ("episodic", "amp", "sigmoid", "cuda_graphs", "pair_patches"):
         with pytest.raises(ValueError, match=f"{flag} must be True or False, got 'false'"):
             GraTaInferer(ROI, **{flag: "false"})
     with pytest.raises(TypeError, match="adapt_step"):
