@@ -319,9 +319,11 @@ class AdaptiveInferer(Inferer):
                 passes = self._graphs[network] = CapturedPasses(network, params)
         elif self.pair_patches and device.type == "cpu":
             passes = PairedPasses(network)
-        # On CUDA a fused step, its learning rate a tensor: GraTa sets its rate without a wait.
-        lr = torch.full((), self.lr0, device=device) if cuda else self.lr0
-        optimizer = opt_cls(params, lr=lr, fused=cuda or None)
+        optimizer = opt_cls(params, lr=self.lr0, fused=cuda or None)
+        if cuda:  # a fused step with a tensor rate: GraTa sets its rate without a wait (given to
+            # the constructor, the tensor would be read back for its range check)
+            for group in optimizer.param_groups:
+                group["lr"] = torch.full((), self.lr0, device=device)
         rng = np.random.RandomState(self.seed)
         return Episode(source, network, params, optimizer, rng, passes)
 

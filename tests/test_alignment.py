@@ -113,16 +113,24 @@ def test_tensor_learning_rate_steps_as_a_float_one(optimizer_cls):
     makes the same update; the record stays tensors on the device until read."""
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     updated, records = [], []
-    for lr, fused in ((1e-2, None), (torch.tensor(1e-2), True)):
+    # a float rate; a tensor rate given to the constructor; one set after it (as configure does)
+    for lr, fused, later in (
+        (1e-2, None, False),
+        (torch.tensor(1e-2), True, False),
+        (1e-2, True, True),
+    ):
         net = tiny_net().train()
         params = [net[1].weight, net[1].bias]
         optimizer = optimizer_cls(params, lr=lr, fused=fused)
+        if later:
+            optimizer.param_groups[0]["lr"] = torch.tensor(1e-2)
         records.append(grata_step(net, params, optimizer, x, aux, pse, 1e-2))
         updated.append(torch.cat([p.detach().flatten() for p in params]))
-        assert torch.is_tensor(optimizer.param_groups[0]["lr"]) == torch.is_tensor(lr)
-    torch.testing.assert_close(updated[1], updated[0], rtol=1e-5, atol=1e-7)
-    assert all(torch.is_tensor(v) and v.ndim == 0 for v in vars(records[1]).values())
-    assert float(records[1].lr) == pytest.approx(float(records[0].lr), rel=1e-6)
+        assert torch.is_tensor(optimizer.param_groups[0]["lr"]) == (torch.is_tensor(lr) or later)
+    for other, record in zip(updated[1:], records[1:]):
+        torch.testing.assert_close(other, updated[0], rtol=1e-5, atol=1e-7)
+        assert all(torch.is_tensor(v) and v.ndim == 0 for v in vars(record).values())
+        assert float(record.lr) == pytest.approx(float(records[0].lr), rel=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
