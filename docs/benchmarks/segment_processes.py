@@ -25,8 +25,9 @@ from grata_monai.bench.common import device_name, git_revision
 from grata_monai.bundle.io import list_volumes
 
 
-def timed_segment(folder: Path, out: Path, processes: int) -> float:
-    """Seconds of ``grata-monai segment folder --output_dir out --processes N``; fails on an error."""
+def timed_segment(folder: Path, out: Path, processes: int) -> tuple[float, list[str]]:
+    """Seconds of ``grata-monai segment folder --output_dir out --processes N``, and the last lines
+    it printed (progress and summaries); fails on an error."""
     command = [sys.executable, "-m", "grata_monai.cli", "segment", str(folder)]
     command += ["--output_dir", str(out), "--processes", str(processes)]
     start = time.perf_counter()
@@ -34,7 +35,7 @@ def timed_segment(folder: Path, out: Path, processes: int) -> float:
     seconds = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return seconds
+    return seconds, (done.stdout + done.stderr).splitlines()[-12:]
 
 
 def main(dataset_dir: str, out: str, copies: int = 3, processes: str = "1,2,1,2") -> None:
@@ -48,10 +49,10 @@ def main(dataset_dir: str, out: str, copies: int = 3, processes: str = "1,2,1,2"
             for v in volumes:
                 shutil.copy(v, many / f"c{c}_{v.name}")
         shutil.copy(volumes[0], one / volumes[0].name)
-        fixed = timed_segment(one, Path(tmp, "out_one"), 1)
+        fixed = timed_segment(one, Path(tmp, "out_one"), 1)[0]
         count = len(volumes) * copies
         for i, p in enumerate(int(p) for p in processes.split(",")):
-            seconds = timed_segment(many, Path(tmp, f"out_{i}"), p)
+            seconds, lines = timed_segment(many, Path(tmp, f"out_{i}"), p)
             runs.append(
                 {
                     "processes": p,
@@ -59,6 +60,7 @@ def main(dataset_dir: str, out: str, copies: int = 3, processes: str = "1,2,1,2"
                     "seconds": seconds,
                     "volumes_per_s": count / seconds,
                     "volumes_per_s_without_start": (count - 1) / (seconds - fixed),
+                    "last_lines": lines,
                 }
             )
             print(json.dumps(runs[-1]), flush=True)

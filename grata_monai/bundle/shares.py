@@ -5,7 +5,8 @@ fills those gaps, as a server runs several workers per GPU (``grata-monai throug
 measures it, docs/benchmarks). :func:`run_in_processes` lists the volumes as the bundle does (its
 ``new_volumes`` id, with the run's settings: outputs that exist stop the run before any work),
 deals them out in turn, and runs ``monai.bundle.run`` on
-each share in its own spawned process (its own CUDA context and copy of the network). The first
+each share in its own spawned process (its own CUDA context and copy of the network), the
+machine's cores shared out between them (torch threads, and loader workers unless set). The first
 process alone reports the inputs the bundle skips without reading them. Each process prints its
 own progress lines and summary.
 """
@@ -13,13 +14,16 @@ own progress lines and summary.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from monai.bundle import ConfigParser
 
 from grata_monai.bundle.console import BadSetting, RunStopped, setup, stop_reason
+from grata_monai.defaults import loader_workers
 
 __all__ = ["ProcessFailed", "bundle_items", "run_in_processes", "shares"]
 
@@ -68,10 +72,12 @@ def bundle_items(run_args: Mapping[str, Any]) -> list[dict]:
         raise reason from None
 
 
-def _run_share(run_args: dict) -> None:
-    """A spawned process's job: the bundle's run on its share, a stop error as its one line."""
+def _run_share(run_args: dict, threads: int) -> None:
+    """A spawned process's job: the bundle's run on its share with ``threads`` torch threads, a stop
+    error as its one line."""
     from monai.bundle import run
 
+    torch.set_num_threads(threads)
     try:
         run(**run_args)
     except Exception as error:
@@ -99,13 +105,16 @@ def run_in_processes(processes: int, run_args: Mapping[str, Any]) -> None:
 
         run(**run_args)
         return
+    # the machine's cores shared out: torch threads and loader workers (unless set) per process
+    cores = max(1, (os.cpu_count() or 1) // len(groups))
     spawn = multiprocessing.get_context("spawn")
     workers = []
     for index, group in enumerate(groups):
-        args = {**run_args, "volumes": group}
+        args = {"dataloader#num_workers": loader_workers(cores), **run_args, "volumes": group}
         if index:
             args["intake#skipped"] = []  # the first process reports the unreadable inputs
-        workers.append(spawn.Process(target=_run_share, args=(args,), name=f"share {index + 1}"))
+        process = spawn.Process(target=_run_share, args=(args, cores), name=f"share {index + 1}")
+        workers.append(process)
     for worker in workers:
         worker.start()
     for worker in workers:
