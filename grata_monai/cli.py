@@ -30,7 +30,6 @@ from grata_monai.bench.report import write_report
 from grata_monai.bench.study import run_study
 from grata_monai.bench.throughput import run_throughput
 from grata_monai.bundle.io import as_bool
-from grata_monai.bundle.shares import run_in_processes
 from grata_monai.bundle.wrap import wrap_command
 
 __all__ = ["COMMANDS", "benchmark", "segment", "plain", "command", "main"]
@@ -73,7 +72,6 @@ def segment(
     output_dir: str | None = None,
     bundle_dir: str | None = None,
     overwrite: bool = False,
-    processes: int = 1,
     **overrides: Any,
 ) -> None:
     """Segment a folder of volumes (NIfTI files, DICOM series folders) or one NIfTI file with the
@@ -84,8 +82,6 @@ def segment(
         output_dir: where the outputs go; default the bundle's (<bundle>/eval).
         bundle_dir: the bundle folder; default $GRATA_BUNDLE_DIR.
         overwrite: replace existing outputs (otherwise the run stops before any work).
-        processes: processes on the same device, each segmenting its share of the volumes
-            (:mod:`~grata_monai.bundle.shares`), e.g. 2 on one GPU.
         overrides: other ids of inference.json, e.g. --inferer#steps 2 (as monai.bundle run takes them).
     """
     from monai.bundle import run
@@ -109,17 +105,13 @@ def segment(
         }
     if output_dir is not None:
         settings["output_dir"] = output_dir
-    run_args = {
-        "config_file": str(bundle / "configs" / "inference.json"),
-        "bundle_root": str(bundle),
-        "overwrite": overwrite,
+    run(
+        config_file=str(bundle / "configs" / "inference.json"),
+        bundle_root=str(bundle),
+        overwrite=overwrite,
         **settings,
         **overrides,
-    }
-    if processes == 1:
-        run(**run_args)
-    else:
-        run_in_processes(processes, run_args)
+    )
 
 
 def benchmark(

@@ -65,20 +65,6 @@ def test_segment_refuses_a_missing_input_or_a_non_nifti_file(tmp_path):
     assert r.returncode != 0 and "not a NIfTI file" in r.stderr
 
 
-def test_segment_refuses_a_bad_process_count(tmp_path):
-    r = subprocess.run(
-        [*CLI, "segment", str(BUNDLE_DIR / "sample"), "--bundle_dir", str(BUNDLE_DIR)]
-        + ["--output_dir", str(tmp_path / "out"), "--processes", "0"],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1] == (
-        "error: --processes must be a whole number of at least 1, got 0."
-    )
-    assert not (tmp_path / "out").exists()
-
-
 def test_segment_one_file_of_the_sample(tmp_path):
     """The main job on the bundle's shipped sample, one file, small settings (CPU)."""
     image = BUNDLE_DIR / "sample" / "mr_01_image.nii.gz"
