@@ -89,11 +89,13 @@ PRESETS = {
 }
 
 # The adaptation settings that follow the device the inferer runs on (the bundle reads them with
-# for_device(@device)). On a CPU every window pass counts: one smaller patch, one weak view, and the
-# statistics settled on the two windows with the most body, where the source's and the volume's own
-# statistics are compared before one prediction of the volume. That keeps GraTa within 2x plain end
-# to end (docs/benchmarks/throughput_cpu.md) for 1.5 dev Dice below the GPU settings; four windows
-# give 1.2 of it back at 2.5x (docs/benchmarks/cpu_preset.json, throughput_cpu_4_windows.md).
+# for_device(@device)). On a CPU every window pass counts: one smaller patch (run as a pair of
+# copies, which PyTorch convolves faster than a batch of one: grata_monai.pairs), one weak view, and
+# the statistics settled on the two windows with the most body, where the source's and the volume's
+# own statistics are compared before one prediction of the volume. That keeps GraTa at 1.64x plain
+# end to end (docs/benchmarks/throughput_cpu.md; 1.89x unpaired) for 1.5 dev Dice below the GPU
+# settings; four windows give 1.2 of it back at 2.5x before pairing (docs/benchmarks/cpu_preset.json,
+# throughput_cpu_4_windows.md).
 DEVICE_SETTINGS = {
     "cuda": {
         "patches_per_step": PATCHES_PER_STEP,
