@@ -121,7 +121,8 @@ class StrongAugmentation:
             img = (img - mean) * (1 + contrast.factor) + mean
         gamma.randomize()
         if gamma._do_transform:  # on the inverted image, as invert_image=True
-            low, inverted = (-img).amin(), -img
+            inverted = -img
+            low = inverted.amin()
             span = inverted.amax() - low
             img = -(((inverted - low) / (span + 1e-7)) ** gamma.gamma_value * span + low)
         img = noise(img)
