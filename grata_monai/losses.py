@@ -28,7 +28,6 @@ __all__ = [
     "soft_pseudo_label",
     "sharpen",
     "invariant_augmentation",
-    "PaperStrongView",
     "InvariantStrongView",
     "ConsistencyLoss",
 ]
@@ -110,21 +109,6 @@ def invariant_augmentation(prob: float = 0.5) -> GPUAugment:
     )
 
 
-class PaperStrongView:
-    """GraTa's strong view: MONAI's random brightness/contrast/gamma/noise/blur, per image of the batch
-    (:class:`~grata_monai.views.StrongAugmentation`)."""
-
-    def __init__(self, prob: float = 0.5) -> None:
-        self.augment = StrongAugmentation(prob)
-
-    def set_random_state(self, state: np.random.RandomState) -> None:
-        """Draw the augmentation's randomness from ``state``."""
-        self.augment.set_random_state(state)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.augment(x)
-
-
 class InvariantStrongView:
     """The intensity remaps the source model was trained to be invariant to (:func:`invariant_augmentation`),
     batched on the device with one seeded generator per device."""
@@ -145,7 +129,7 @@ class InvariantStrongView:
 
 
 # The strong views of the consistency loss, by name (GraTaInferer's ``strong``).
-STRONG_VIEWS = {"paper": PaperStrongView, "invariant": InvariantStrongView}
+STRONG_VIEWS = {"paper": StrongAugmentation, "invariant": InvariantStrongView}
 
 
 class ConsistencyLoss:
