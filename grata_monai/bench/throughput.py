@@ -42,6 +42,7 @@ GRATA_KEYS = (
     "statistics_candidates",
     "amp",
     "cuda_graphs",
+    "pair_patches",
 )
 
 
