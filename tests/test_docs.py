@@ -1,7 +1,10 @@
-"""The documentation's relative links: every one in README.md, docs/ and bundle/ names a file that exists."""
+"""The documentation: every relative link in README.md, docs/ and bundle/ names a file that exists;
+generated tables match their result files."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -42,3 +45,21 @@ def test_docs_index_lists_every_page():
     pages = {p.resolve() for p in (ROOT / "docs").rglob("*.md") if p != index}
     assert pages <= listed, sorted(str(p.relative_to(ROOT)) for p in pages - listed)
     assert "docs/index.md" in relative_links(ROOT / "README.md")
+
+
+@pytest.mark.parametrize(
+    "results",
+    sorted((ROOT / "docs" / "benchmarks").glob("gpu_settings_*.json")),
+    ids=lambda p: p.stem,
+)
+def test_gpu_settings_tables_are_their_json(results):
+    """Each committed table of docs/benchmarks/gpu_settings.py is its ``markdown`` of the JSON file,
+    and its choice is the rule's."""
+    spec = importlib.util.spec_from_file_location(
+        "gpu_settings", results.parent / "gpu_settings.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    result = json.loads(results.read_text())
+    assert result["choice"] == script.choose(result["summary"], result["variants"])
+    assert results.with_suffix(".md").read_text() == script.markdown(result)
