@@ -151,6 +151,7 @@ def test_bundle_settings_are_the_library_defaults():
         "episodic": defaults.EPISODIC,
         "amp": defaults.AMP,
         "cuda_graphs": defaults.CUDA_GRAPHS,
+        "channels_last": defaults.CHANNELS_LAST,
         "seed": defaults.SEED,
         "norm_stats": defaults.BUNDLE_NORM_STATS,
         "reference_histogram": "@reference_histogram",

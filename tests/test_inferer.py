@@ -415,7 +415,7 @@ def test_guard_thresholds_and_abstract_step():
     with pytest.raises(ValueError, match="guard must be"):
         GraTaInferer(ROI, guard="yes")
     # "false" from a command line is truthy
-    for flag in ("episodic", "amp", "sigmoid", "cuda_graphs", "pair_patches"):
+    for flag in ("episodic", "amp", "sigmoid", "cuda_graphs", "channels_last", "pair_patches"):
         with pytest.raises(ValueError, match=f"{flag} must be True or False, got 'false'"):
             GraTaInferer(ROI, **{flag: "false"})
     with pytest.raises(TypeError, match="adapt_step"):
@@ -531,3 +531,40 @@ def test_output_carries_the_batch_metadata(unet, monkeypatch, stacked):
     assert out.is_batch and len(reports_of(out)) == 1
     (item,) = decollate_batch(out)
     torch.testing.assert_close(item.affine.float(), affine)
+
+
+def test_channels_last_is_the_working_copys_format_on_cuda_only(unet, volume):
+    """``channels_last``: channels-last weights for 3-D and 2-D windows on CUDA; on a CPU the working
+    copy keeps the source's format and the report says the option was not used."""
+    cuda = torch.device("cuda")
+    assert grata()._memory_format(cuda) == torch.channels_last_3d
+    assert GraTaInferer((16, 16))._memory_format(cuda) == torch.channels_last
+    assert grata(channels_last=False)._memory_format(cuda) == torch.preserve_format
+    inferer = grata(steps=1)
+    assert inferer._memory_format(torch.device("cpu")) == torch.preserve_format
+    copy = inferer.working_copy(unet, torch.device("cpu"))
+    assert all(p.is_contiguous() for p in copy.parameters())
+    with torch.no_grad():
+        report = reports_of(inferer(volume, unet))[0]
+    assert report["settings"]["channels_last"] is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="channels-last weights apply on CUDA")
+def test_channels_last_segments_as_contiguous_weights(volume):
+    """On CUDA the working copy's convolution weights are channels-last, and it gives the labels of
+    contiguous weights."""
+    source, cuda = tiny_unet().cuda(), torch.device("cuda")
+    labels = {}
+    for last in (True, False):
+        inferer = grata(channels_last=last)
+        conv = next(
+            m
+            for m in inferer.working_copy(source, cuda).modules()
+            if isinstance(m, torch.nn.Conv3d)
+        )
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d) is last
+        with torch.no_grad():
+            logits = inferer(volume.cuda(), source)
+        labels[last] = logits.argmax(1)
+        assert reports_of(logits)[0]["settings"]["channels_last"] is last
+    assert (labels[True] == labels[False]).float().mean() > 0.999

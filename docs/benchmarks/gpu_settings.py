@@ -1,12 +1,13 @@
 """GPU time against Dice for variants of the bundle inferer's GPU settings, on dev volumes.
 
-Usage: python docs/benchmarks/gpu_settings.py CACHE_DIR OUT.json [SPLITS [LIMIT]]
+Usage: python docs/benchmarks/gpu_settings.py CACHE_DIR OUT.json [SPLITS [LIMIT [VARIANTS]]]
 
 CACHE_DIR is a ``grata-monai cache`` of the abdomen set (whole, uncropped volumes); SPLITS defaults
-to ``mr_test,ct_val``; LIMIT keeps the first volumes of each (a smoke test, on a CPU too).
+to ``mr_test,ct_val``; LIMIT keeps the first volumes of each (a smoke test, on a CPU too);
+VARIANTS names some of :data:`VARIANTS` (default all).
 
 Each variant is the bundle's ``inferer`` (``configs/inference.json``) with some settings replaced,
-or with a global switch (``cudnn.benchmark``, channels-last weights). Per volume, every variant
+or with cuDNN's benchmark mode switched on. Per volume, every variant
 segments it in turn (the order rotates from volume to volume, so drift of the machine spreads over
 all), timed from the call to the logits with a wait for the GPU on both sides; the label map then
 gets the bundle's post-processing (``KeepOrganComponentsd`` with the bundle's organ layout) and is
@@ -42,16 +43,16 @@ from grata_monai.bench.common import device_name, git_revision, load_bundle, nam
 from grata_monai.bench.pipeline import Pipeline
 from grata_monai.postprocess import OrganLayout, keep_organ_components
 
-VARIANTS: dict[str, dict] = {
+VARIANTS: dict[str, dict] = {  # settings replaced in the bundle's inferer (0.3.5)
     "bundle": {},
-    "cudnn_benchmark": {},
-    "channels_last": {},
-    "patches_2": {"patches_per_step": 2},
+    "before": {"patches_per_step": 4, "channels_last": False},  # the bundle 0.3.4's GPU settings
+    "contiguous": {"channels_last": False},
+    "patches_4": {"patches_per_step": 4},
+    "cudnn_benchmark": {},  # a global switch: torch.backends.cudnn.benchmark
     "weak_1": {"weak_transforms": ["flip1"]},
     "settle_4": {"settle_windows": 4},
     "settle_2": {"settle_windows": 2},
-    "patches_2_settle_4": {"patches_per_step": 2, "settle_windows": 4},
-    "plain": {},
+    "plain": {},  # MONAI's SlidingWindowInferer with the source weights
 }
 MARGIN = 0.1  # Dice points on mr_test a faster variant may lose
 
@@ -67,13 +68,11 @@ def _switch(name: str) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
-def _pipelines(bundle: Path, dev: torch.device, tmp: str) -> dict[str, tuple]:
+def _pipelines(bundle: Path, dev: torch.device, tmp: str, variants: tuple) -> dict[str, tuple]:
     """Per variant: its inferer and the network it runs."""
     out = {}
-    for name, settings in VARIANTS.items():
-        pipe = Pipeline(bundle, dev, tmp, device_preprocessing=True, settings=settings)
-        if name == "channels_last":
-            pipe.network.to(memory_format=torch.channels_last_3d)
+    for name in variants:
+        pipe = Pipeline(bundle, dev, tmp, device_preprocessing=True, settings=VARIANTS[name])
         out[name] = (pipe.inferers["plain" if name == "plain" else "grata"], pipe.network)
     return out
 
@@ -97,7 +96,11 @@ def _dice(pred: torch.Tensor, label: torch.Tensor, classes: int) -> list[float]:
 
 
 def main(
-    cache_dir: str, out: str, splits: str = "mr_test,ct_val", limit: str | None = None
+    cache_dir: str,
+    out: str,
+    splits: str = "mr_test,ct_val",
+    limit: str | None = None,
+    variants: str = ",".join(VARIANTS),
 ) -> None:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bundle = Path("bundle")
@@ -107,7 +110,7 @@ def main(
     classes = len(defaults.ORGANS) + 1
     rows: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        variants = _pipelines(bundle, dev, tmp)
+        variants = _pipelines(bundle, dev, tmp, names(variants))
         for split in names(splits):
             volumes = prepare(Path(cache_dir), split, preprocessing, int(limit) if limit else None)
             if not rows:
@@ -139,11 +142,11 @@ def main(
         "device": device_name(dev),
         "git_revision": git_revision(),
         "command": "python docs/benchmarks/gpu_settings.py " + " ".join(sys.argv[1:]),
-        "variants": VARIANTS,
+        "variants": {name: VARIANTS[name] for name in names(variants)},
         "summary": summarize(rows, names(splits)),
         "volumes": rows,
     }
-    result["choice"] = choose(result["summary"])
+    result["choice"] = choose(result["summary"], result["variants"])
     Path(out).write_text(json.dumps(result, indent=1) + "\n")
     Path(out).with_suffix(".md").write_text(markdown(result))
     print(json.dumps({"summary": result["summary"], "choice": result["choice"]}, indent=1))
@@ -167,12 +170,12 @@ def summarize(rows: dict[str, list[dict]], splits: tuple[str, ...]) -> dict:
     return out
 
 
-def choose(summary: dict, split: str = "mr_test") -> str:
+def choose(summary: dict, variants: dict, split: str = "mr_test") -> str:
     """The fastest settings variant on ``split`` within ``MARGIN`` Dice points of the bundle's there
     (the switches compute the same and are judged by their time alone)."""
     floor = summary["bundle"][split]["dice"] - MARGIN
     ok = [
-        n for n in summary if (n == "bundle" or VARIANTS[n]) and summary[n][split]["dice"] >= floor
+        n for n in summary if (n == "bundle" or variants[n]) and summary[n][split]["dice"] >= floor
     ]
     return min(ok, key=lambda n: summary[n][split]["median_ms"])
 
@@ -194,6 +197,8 @@ def markdown(result: dict) -> str:
         cells = " | ".join(f"{per[s]['dice']:.2f} | {per[s]['median_ms']:.1f}" for s in splits)
         lines.append(f"| {name} | `{json.dumps(result['variants'][name])}` | {cells} |")
     lines += ["", f"Chosen by the rule fixed before the run: **{result['choice']}**.", ""]
+    if result.get("note"):
+        lines += [result["note"], ""]
     return "\n".join(lines)
 
 

@@ -42,6 +42,7 @@ GRATA_KEYS = (
     "statistics_candidates",
     "amp",
     "cuda_graphs",
+    "channels_last",
     "pair_patches",
 )
 
