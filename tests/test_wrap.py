@@ -264,7 +264,9 @@ def test_overlay_keeps_the_bundles_sliding_window_and_handlers(tmp_path):
     parser = merged(bundle, result.path)
     inferer = parser.get_parsed_content("inferer")
     assert (
-        isinstance(inferer, GraTaInferer) and inferer.steps == 2 and inferer.patches_per_step == 4
+        isinstance(inferer, GraTaInferer)
+        and inferer.steps == 2
+        and inferer.patches_per_step == defaults.PATCHES_PER_STEP
     )
     assert inferer.roi_size == (32, 32, 16) and inferer.sliding.sw_batch_size == 2
     assert inferer.sliding.overlap == 0.25 and inferer.sliding.mode == "gaussian"
