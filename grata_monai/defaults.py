@@ -56,7 +56,7 @@ AMP = True  # bfloat16 autocast, on CUDA only
 # The adaptation's network passes as CUDA graphs (grata_monai.graphs), on CUDA only.
 CUDA_GRAPHS = True
 # The working copy's weights in channels-last memory format, on CUDA only: cuDNN's faster bfloat16
-# 3-D convolutions (23% less GPU time per MR volume, same Dice: docs/benchmarks/gpu_settings.md).
+# 3-D convolutions (23% less GPU time per MR volume, same Dice: docs/benchmarks/gpu_settings_h100.md).
 CHANNELS_LAST = True
 SEED = 0
 ORGANS = ("liver", "right kidney", "left kidney", "spleen")  # output channels 1..4 (0: background)
@@ -100,9 +100,9 @@ PRESETS = {
 # copies, which PyTorch convolves faster than a batch of one: grata_monai.pairs), one weak view, and
 # the statistics settled on the two windows with the most body, where the source's and the volume's
 # own statistics are compared before one prediction of the volume. That keeps GraTa at 1.64x plain
-# end to end (docs/benchmarks/throughput_cpu.md; 1.89x unpaired) for 1.5 dev Dice below the GPU
-# settings; four windows give 1.2 of it back at 2.5x before pairing (docs/benchmarks/cpu_preset.json,
-# throughput_cpu_4_windows.md).
+# end to end (docs/benchmarks/throughput_cpu.md; 1.89x unpaired) for 1.5 dev Dice below bundle
+# 0.3.1's GPU settings; four windows give 1.2 of it back at 2.5x before pairing
+# (docs/benchmarks/cpu_preset.json, throughput_cpu_4_windows.md).
 DEVICE_SETTINGS = {
     "cuda": {
         "patches_per_step": PATCHES_PER_STEP,
