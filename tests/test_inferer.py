@@ -379,7 +379,7 @@ def test_signature_is_explicit_and_shows_every_setting():
     text = pydoc.render_doc(GraTaInferer, renderer=pydoc.plaintext)
     assert (
         "steps: 'int' = 1," in text
-        and "weak_transforms: 'Sequence[str]' = ('flip1', 'flip2')" in text
+        and f"weak_transforms: 'Sequence[str]' = {defaults.WEAK_TRANSFORMS}" in text
     )
     assert "with_coord: 'bool' = False" in text and "preset: 'str | None' = None" in text
 
