@@ -43,13 +43,17 @@ from grata_monai.bench.common import device_name, git_revision, load_bundle, nam
 from grata_monai.bench.pipeline import Pipeline
 from grata_monai.postprocess import OrganLayout, keep_organ_components
 
-VARIANTS: dict[str, dict] = {  # settings replaced in the bundle's inferer (0.3.5)
+VARIANTS: dict[str, dict] = {  # settings replaced in the bundle's inferer (0.3.6)
     "bundle": {},
-    "before": {"patches_per_step": 4, "channels_last": False},  # the bundle 0.3.4's GPU settings
+    "before": {  # the bundle 0.3.4's GPU settings
+        "patches_per_step": 4,
+        "channels_last": False,
+        "weak_transforms": ["flip1", "flip2"],
+    },
     "contiguous": {"channels_last": False},
     "patches_4": {"patches_per_step": 4},
     "cudnn_benchmark": {},  # a global switch: torch.backends.cudnn.benchmark
-    "weak_1": {"weak_transforms": ["flip1"]},
+    "weak_2": {"weak_transforms": ["flip1", "flip2"]},
     "settle_4": {"settle_windows": 4},
     "settle_2": {"settle_windows": 2},
     "plain": {},  # MONAI's SlidingWindowInferer with the source weights
@@ -110,19 +114,19 @@ def main(
     classes = len(defaults.ORGANS) + 1
     rows: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        variants = _pipelines(bundle, dev, tmp, names(variants))
+        pipelines = _pipelines(bundle, dev, tmp, names(variants))
         for split in names(splits):
             volumes = prepare(Path(cache_dir), split, preprocessing, int(limit) if limit else None)
             if not rows:
-                for name, (inferer, network) in variants.items():  # warm-up, untimed
+                for name, (inferer, network) in pipelines.items():  # warm-up, untimed
                     with _switch(name):
                         _segment(inferer, network, volumes[0]["image"].to(dev), dev)
             for i, vol in enumerate(volumes):
                 image = vol["image"].to(dev)
                 affine = np.asarray(vol["image"].affine, dtype=np.float64)
-                order = list(variants)[i % len(variants) :] + list(variants)[: i % len(variants)]
-                for name in order:
-                    inferer, network = variants[name]
+                first = i % len(pipelines)
+                for name in list(pipelines)[first:] + list(pipelines)[:first]:
+                    inferer, network = pipelines[name]
                     with _switch(name):
                         pred, ms, report = _segment(inferer, network, image, dev)
                     kept, _ = keep_organ_components(pred, affine, layout)
@@ -137,7 +141,7 @@ def main(
                             "guard": report.get("guard"),
                         }
                     )
-                print(split, vol["name"], {n: round(rows[n][-1]["ms"], 1) for n in variants})
+                print(split, vol["name"], {n: round(rows[n][-1]["ms"], 1) for n in pipelines})
     result = {
         "device": device_name(dev),
         "git_revision": git_revision(),
