@@ -31,7 +31,7 @@ from torch import nn
 from grata_monai import defaults
 from grata_monai.alignment import StepRecord
 from grata_monai.audit import VolumeReport, attach_reports, checksum, to_host
-from grata_monai.domain import foreground_entropy, histogram_distance, volume_weight
+from grata_monai.domain import foreground_entropies, histogram_distance, volume_weight
 from grata_monai.graphs import CapturedPasses
 from grata_monai.guard import DivergenceGuard, Signals, all_finite, signals
 from grata_monai.norms import (
@@ -517,7 +517,7 @@ class AdaptiveInferer(Inferer):
             outputs = _each(network, candidates, device, lambda f: self.sliding(batch, f))
         else:
             outputs = _each(network, candidates, device, lambda f: f(tiles))
-        entropies = [foreground_entropy(logits, self.sigmoid) for logits in outputs]
+        entropies = foreground_entropies(outputs, self.sigmoid)
         report.statistics_entropy = {f"{w:g}": e for w, e in zip(weights, entropies)}
         best = min(range(len(weights)), key=entropies.__getitem__)
         report.volume_statistics_weight = weights[best]
@@ -602,13 +602,13 @@ def _each(
     network: nn.Module,
     candidates: list[list[tuple[torch.Tensor, torch.Tensor]]],
     device: torch.device,
-    run: Callable[[Callable], torch.Tensor | tuple[torch.Tensor, ...]],
+    run: Callable[[Callable], torch.Tensor],
 ) -> list[torch.Tensor]:
     """``run(f)`` once per set of BatchNorm statistics in ``candidates``, ``f`` being the network with
     them: all in one batched pass where :func:`_stacks`, else one set loaded at a time."""
     if _stacks(network, device):
         with stacked_statistics(network, candidates) as predict:
-            return list(run(predict))
+            return list(run(predict).chunk(len(candidates), 1))
     outputs = []
     for statistics in candidates:
         load_batch_norm_statistics(network, statistics)

@@ -23,6 +23,7 @@ import torch
 from grata_monai import defaults
 
 __all__ = [
+    "foreground_entropies",
     "foreground_entropy",
     "histogram_distance",
     "intensity_histogram",
@@ -75,6 +76,17 @@ def foreground_entropy(logits: torch.Tensor, sigmoid: bool = False) -> float:
         sigmoid: multi-label outputs (foreground: any channel above 0.5) instead of softmax classes
             (foreground: argmax not 0).
     """
+    return foreground_entropies([logits], sigmoid)[0]
+
+
+def foreground_entropies(outputs: Sequence[torch.Tensor], sigmoid: bool = False) -> list[float]:
+    """:func:`foreground_entropy` of each of ``outputs``, read from the device at once."""
+    sums = torch.stack([_entropy_sums(logits, sigmoid) for logits in outputs]).tolist()
+    return [total / count if count > 0 else float("inf") for count, total in sums]
+
+
+def _entropy_sums(logits: torch.Tensor, sigmoid: bool) -> torch.Tensor:
+    """The foreground voxels' count and their summed entropy, in float64 on ``logits``' device."""
     x = logits.detach().float()
     if sigmoid:
         p = torch.sigmoid(x)
@@ -84,7 +96,4 @@ def foreground_entropy(logits: torch.Tensor, sigmoid: bool = False) -> float:
         p = torch.softmax(x, 1)
         entropy = -(p * p.clamp_min(1e-6).log()).sum(1)
         foreground = p.argmax(1) > 0
-    # one read of both sums: the host waits for the device once
-    sums = [foreground.sum().double(), (entropy * foreground).sum().double()]
-    count, total = torch.stack(sums).tolist()
-    return total / count if count > 0 else float("inf")
+    return torch.stack([foreground.sum().double(), (entropy * foreground).sum().double()])

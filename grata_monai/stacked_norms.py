@@ -35,13 +35,23 @@ def _shape(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
     return stats.reshape(*stats.shape, *([1] * (x.ndim - 2)))
 
 
-def _affine(m: nn.Module, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """``x`` (N, C, *spatial) normalized by per-row ``mean`` and ``var`` (N, C), then ``m``'s affine map."""
-    scale = (var + m.eps).rsqrt()
-    shift = -mean * scale
+def _scale_shift(
+    m: nn.Module, mean: torch.Tensor, var: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ``scale`` and ``shift`` (N, C, float32) that normalize by ``mean`` and ``var`` (N, C)
+    and then apply ``m``'s affine map."""
+    scale = (var.float() + m.eps).rsqrt()
+    shift = -mean.float() * scale
     if m.affine:
-        scale, shift = scale * m.weight, shift * m.weight + m.bias
-    return (x.float() * _shape(x, scale) + _shape(x, shift)).to(x.dtype)
+        scale, shift = scale * m.weight.float(), shift * m.weight.float() + m.bias.float()
+    return scale, shift
+
+
+def _normalize(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``x * scale + shift`` (``scale``, ``shift``: N, C) in float32, written in ``x``'s dtype and
+    memory format by one kernel."""
+    scale, shift = _shape(x, scale), _shape(x, shift)
+    return torch.addcmul(shift, x, scale, out=torch.empty_like(x))
 
 
 @contextlib.contextmanager
@@ -80,7 +90,7 @@ def settle_per_window(network: nn.Module, batches: Iterable[torch.Tensor]) -> in
         )
         acc[0] += mean.sum(0)
         acc[1] += unbiased.sum(0)
-        return _affine(m, x, mean, var)
+        return _normalize(x, *_scale_shift(m, mean, var))
 
     n = 0
     with _patched(network, own_statistics) as layers:
@@ -99,28 +109,35 @@ def settle_per_window(network: nn.Module, batches: Iterable[torch.Tensor]) -> in
 @contextlib.contextmanager
 def stacked_statistics(
     network: nn.Module, statistics: list[Statistics]
-) -> Iterator[Callable[[torch.Tensor], tuple[torch.Tensor, ...]]]:
+) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
     """A function ``f(x)`` that predicts the windows ``x`` once with each set of running statistics, in
-    one pass of ``K * len(x)`` windows: ``f(x)[k]`` is ``network(x)`` with ``statistics[k]`` loaded.
+    one pass of ``K * len(x)`` windows, the ``K`` predictions side by side along the channels:
+    ``f(x).chunk(K, 1)[k]`` is ``network(x)`` with ``statistics[k]`` loaded.
 
-    For MONAI's ``SlidingWindowInferer``, which aggregates each output of the tuple into its own
-    volume. The BatchNorm layers must be in eval mode; needs :func:`can_stack`.
+    One output, so MONAI's ``SlidingWindowInferer`` aggregates the ``K`` predictions in one go. Each
+    layer's ``K`` normalizations are computed once per block; the BatchNorm layers must be in eval
+    mode; needs :func:`can_stack`.
     """
     k = len(statistics)
     layers = batch_norm_layers(network)
-    means = [torch.stack([s[i][0] for s in statistics]) for i in range(len(layers))]
-    variances = [torch.stack([s[i][1] for s in statistics]) for i in range(len(layers))]
-    index = {m: i for i, m in enumerate(layers)}
+    affines = {
+        m: _scale_shift(
+            m,
+            torch.stack([s[i][0] for s in statistics]),
+            torch.stack([s[i][1] for s in statistics]),
+        )
+        for i, m in enumerate(layers)
+    }
+    rows_of: dict[tuple[nn.Module, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def stacked(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        i = index[m]
         rows = len(x) // k
-        mean = means[i].repeat_interleave(rows, 0)
-        var = variances[i].repeat_interleave(rows, 0)
-        return _affine(m, x, mean, var)
+        if (m, rows) not in rows_of:  # ``rows`` windows per set: each set's rows repeated
+            rows_of[m, rows] = tuple(t.repeat_interleave(rows, 0) for t in affines[m])
+        return _normalize(x, *rows_of[m, rows])
 
-    def predict(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(network(torch.cat([x] * k)).chunk(k))
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(network(torch.cat([x] * k)).chunk(k), 1)
 
     with _patched(network, stacked):
         yield predict

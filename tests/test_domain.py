@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from grata_monai.domain import (
+    foreground_entropies,
     foreground_entropy,
     histogram_distance,
     intensity_histogram,
@@ -52,3 +53,11 @@ def test_foreground_entropy_is_the_mean_entropy_over_predicted_organs():
         torch.zeros(1, 2, 2, 2, 2) - torch.tensor([0.0, 1.0]).view(1, 2, 1, 1, 1)
     ) == float("inf")
     assert foreground_entropy(torch.full((1, 1, 2, 2, 2), 10.0), sigmoid=True) < 0.01
+
+
+def test_foreground_entropies_are_each_outputs_entropy():
+    g = torch.Generator().manual_seed(0)
+    outputs = [torch.randn(1, 3, 4, 4, 2, generator=g) * s for s in (0.5, 2.0, 8.0)]
+    entropies = foreground_entropies(outputs)
+    assert entropies == pytest.approx([foreground_entropy(o) for o in outputs])
+    assert entropies[0] > entropies[1] > entropies[2]  # sharper logits, lower entropy

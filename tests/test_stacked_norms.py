@@ -60,8 +60,9 @@ def test_stacked_statistics_predict_as_each_set_loaded_in_turn():
     x = torch.cat(_windows(2))
     with torch.no_grad():
         with stacked_statistics(net, sets) as predict:
-            outputs = predict(x)
-        assert len(outputs) == 3
+            stacked = predict(x)
+        assert stacked.shape == (2, 3 * net(x).shape[1], *x.shape[2:])
+        outputs = stacked.chunk(3, 1)
         for statistics, out in zip(sets, outputs, strict=True):
             load_batch_norm_statistics(net, statistics)
             torch.testing.assert_close(out, net(x), rtol=1e-4, atol=1e-5)
