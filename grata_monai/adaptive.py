@@ -46,7 +46,7 @@ from grata_monai.norms import (
 )
 from grata_monai.pairs import PairedPasses
 from grata_monai.sampling import body_patches, windows
-from grata_monai.stacked_norms import can_stack, settle_per_window, stacked_statistics
+from grata_monai.stacked_norms import StatisticsPasses, can_stack
 
 __all__ = ["NORM_STATS", "AdaptiveInferer", "Episode", "check_inputs", "unwrap_network"]
 
@@ -310,6 +310,7 @@ class AdaptiveInferer(Inferer):
         self._lock = threading.Lock()
         self._idle = weakref.WeakKeyDictionary()  # per source network: working copies not in use
         self._graphs = weakref.WeakKeyDictionary()  # per working copy: its CapturedPasses
+        self._statistics = weakref.WeakKeyDictionary()  # per working copy: its StatisticsPasses
         self._pool_lock = threading.Lock()
 
     # --- the method: configure, adapt, reset ---------------------------------------------------
@@ -485,13 +486,28 @@ class AdaptiveInferer(Inferer):
     def settle_volume(self, network: nn.Module, tiles: torch.Tensor, device: torch.device) -> None:
         """Set ``network``'s BatchNorm statistics to the mean of the windows' ``tiles`` own. Eager
         networks on CUDA take them in batches as large as the statistics rule's passes
-        (:mod:`grata_monai.stacked_norms`), others one at a time; the statistics are the same."""
-        if _stacks(network, device):
-            settle_per_window(
-                network, tiles.split(self.sliding.sw_batch_size * len(self.statistics_candidates))
-            )
+        (:class:`~grata_monai.stacked_norms.StatisticsPasses`), others one at a time; the
+        statistics are the same."""
+        passes = self.statistics_passes(network, device)
+        if passes is not None:
+            passes.settle(tiles.split(self.sliding.sw_batch_size * len(self.statistics_candidates)))
         else:
             settle_batch_norm_statistics(network, tiles.split(1))
+
+    def statistics_passes(
+        self, network: nn.Module, device: torch.device
+    ) -> StatisticsPasses | None:
+        """The working copy ``network``'s batched statistics passes (kept with it; on CUDA with
+        ``cuda_graphs``, replayed from CUDA graphs), or None where the passes loop: TorchScript
+        networks, and CPUs, where the loop is faster."""
+        if not _stacks(network, device):
+            return None
+        with self._pool_lock:
+            passes = self._statistics.get(network)
+            if passes is None:
+                passes = StatisticsPasses(network, graphs=self.cuda_graphs)
+                self._statistics[network] = passes
+        return passes
 
     def least_uncertain(
         self,
@@ -513,10 +529,11 @@ class AdaptiveInferer(Inferer):
         source = batch_norm_statistics(episode.source)
         weights = self.statistics_candidates
         candidates = [blended_statistics(source, own, w) for w in weights]
+        passes = self.statistics_passes(network, device)
         if self.settle_windows is None:
-            outputs = _each(network, candidates, device, lambda f: self.sliding(batch, f))
+            outputs = _each(network, candidates, passes, lambda f: self.sliding(batch, f))
         else:
-            outputs = _each(network, candidates, device, lambda f: f(tiles))
+            outputs = _each(network, candidates, passes, lambda f: f(tiles))
         entropies = foreground_entropies(outputs, self.sigmoid)
         report.statistics_entropy = {f"{w:g}": e for w, e in zip(weights, entropies)}
         best = min(range(len(weights)), key=entropies.__getitem__)
@@ -601,13 +618,13 @@ def _adaptation_device(
 def _each(
     network: nn.Module,
     candidates: list[list[tuple[torch.Tensor, torch.Tensor]]],
-    device: torch.device,
+    passes: StatisticsPasses | None,
     run: Callable[[Callable], torch.Tensor],
 ) -> list[torch.Tensor]:
     """``run(f)`` once per set of BatchNorm statistics in ``candidates``, ``f`` being the network with
-    them: all in one batched pass where :func:`_stacks`, else one set loaded at a time."""
-    if _stacks(network, device):
-        with stacked_statistics(network, candidates) as predict:
+    them: all in one batched pass with ``passes``, else one set loaded at a time."""
+    if passes is not None:
+        with passes.stacked(candidates) as predict:
             return list(run(predict).chunk(len(candidates), 1))
     outputs = []
     for statistics in candidates:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["CapturedPasses"]
+__all__ = ["CapturedPasses", "autocast_kind", "autocast_of", "record", "warm_up"]
 
 WARMUP = 2  # eager passes on a side stream before capturing (cuDNN's choices, the allocator)
 
@@ -103,9 +103,8 @@ class CapturedPasses(nn.Module):
         return graph.run(x)
 
     def _kind(self, x: torch.Tensor, grad: bool) -> tuple:
-        autocast = torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda")
         modes = tuple(m.training for m in self.network.modules())
-        return tuple(x.shape), x.dtype, x.device, grad, autocast, modes
+        return tuple(x.shape), x.dtype, x.device, grad, autocast_kind(), modes
 
     def _capture(self, key: tuple, x: torch.Tensor, grad: bool) -> _Graph | None:
         try:
@@ -122,21 +121,16 @@ class CapturedPasses(nn.Module):
     def _record(self, x: torch.Tensor, grad: bool, autocast: torch.dtype | bool) -> _Graph:
         """Warm up on a side stream, then capture the forward (and backward) pass of ``x``'s kind."""
         static_x = x.clone()
-        cast = torch.autocast(
-            "cuda", dtype=autocast or None, enabled=bool(autocast), cache_enabled=False
-        )
+        cast = autocast_of(autocast)
         params = [p for p in self.params if p.requires_grad]
-        side = torch.cuda.Stream(x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side), cast:
-            for _ in range(WARMUP):
-                out = self.network(static_x)
-                if grad:
-                    torch.autograd.grad(out, params, torch.ones_like(out), allow_unused=True)
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        forward = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(forward, capture_error_mode="thread_local"), cast:
+
+        def step() -> None:
             out = self.network(static_x)
+            if grad:
+                torch.autograd.grad(out, params, torch.ones_like(out), allow_unused=True)
+
+        warm_up(step, x.device, cast)
+        forward, out = record(lambda: self.network(static_x), cast)
         graph = _Graph(static_x, out, forward)
         if grad:
             graph.grad_out = torch.empty_like(out)
@@ -151,3 +145,35 @@ class CapturedPasses(nn.Module):
                 out.detach()
             )  # frees the captured autograd graph (and its side-stream nodes)
         return graph
+
+
+def autocast_kind() -> torch.dtype | bool:
+    """The CUDA autocast dtype in force, else False: part of a pass's kind."""
+    return torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda")
+
+
+def autocast_of(kind: torch.dtype | bool) -> torch.autocast:
+    """The autocast context of :func:`autocast_kind`'s ``kind``, its cache off (captures must not keep
+    cast weights that go stale)."""
+    return torch.autocast("cuda", dtype=kind or None, enabled=bool(kind), cache_enabled=False)
+
+
+def warm_up(step: Callable[[], object], device: torch.device, cast: torch.autocast) -> None:
+    """``step()`` run ``WARMUP`` times on a side stream before a capture: cuDNN picks its algorithms
+    and the allocator its blocks outside the graph."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side), cast:
+        for _ in range(WARMUP):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+
+
+def record(
+    fn: Callable[[], torch.Tensor], cast: torch.autocast, pool: tuple | None = None
+) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """``fn()`` captured as a CUDA graph (in the memory ``pool`` when given), and its static output."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"), cast:
+        out = fn()
+    return graph, out

@@ -1,25 +1,32 @@
-"""BatchNorm passes batched on the GPU: many windows' statistics from one pass, and one prediction
-per set of statistics from one pass.
+"""The statistics rule's BatchNorm passes, batched, and on CUDA replayed from CUDA graphs.
 
-Both give what a loop of passes gives (the tests assert it), with a fraction of the kernel launches:
-:func:`settle_per_window` normalizes each window of a batch by its own statistics, as train-mode
-BatchNorm does for a batch of one window, and averages them; :func:`stacked_statistics` makes a
-batch of ``K`` copies of the windows run through ``K`` sets of running statistics. They patch the
-``forward`` of eager ``nn.BatchNorm`` layers; :func:`can_stack` is False for TorchScript modules,
+Both passes give what a loop of passes gives (the tests assert it), with a fraction of the kernel
+launches: :meth:`StatisticsPasses.settle` normalizes each window of a batch by its own statistics, as
+train-mode BatchNorm does for a batch of one window, and averages them; :meth:`StatisticsPasses.stacked`
+makes a batch of ``K`` copies of the windows run through ``K`` sets of running statistics. They patch
+the ``forward`` of eager ``nn.BatchNorm`` layers; :func:`can_stack` is False for TorchScript modules,
 which keep the loops of :mod:`grata_monai.norms`.
+
+Every patched layer reads and writes buffers of its :class:`StatisticsPasses` only, so each kind of
+pass (settle or stacked, window batch shape, dtype, autocast) can be captured once as a CUDA graph
+and replayed for every volume with that volume's values.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
+from grata_monai.graphs import autocast_kind, autocast_of, record, warm_up
 from grata_monai.norms import batch_norm_layers
 
-__all__ = ["Statistics", "can_stack", "settle_per_window", "stacked_statistics"]
+__all__ = ["Statistics", "StatisticsPasses", "can_stack"]
 
 Statistics = list[tuple[torch.Tensor, torch.Tensor]]  # (running_mean, running_var) per BatchNorm
 
@@ -50,94 +57,180 @@ def _scale_shift(
 def _normalize(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """``x * scale + shift`` (``scale``, ``shift``: N, C) in float32, written in ``x``'s dtype and
     memory format by one kernel."""
-    scale, shift = _shape(x, scale), _shape(x, shift)
-    return torch.addcmul(shift, x, scale, out=torch.empty_like(x))
+    return torch.addcmul(_shape(x, shift), x, _shape(x, scale), out=torch.empty_like(x))
 
 
 @contextlib.contextmanager
-def _patched(network: nn.Module, forward: Callable) -> Iterator[list[nn.Module]]:
+def _patched(network: nn.Module, forward: Callable) -> Iterator[None]:
     """Every BatchNorm layer's ``forward`` replaced by ``forward(layer, x)`` inside the block."""
     layers = batch_norm_layers(network)
     for m in layers:
-        m.forward = forward.__get__(m)
+        m.forward = functools.partial(forward, m)
     try:
-        yield layers
+        yield
     finally:
         for m in layers:
             del m.forward
 
 
-@torch.no_grad()
-def settle_per_window(network: nn.Module, batches: Iterable[torch.Tensor]) -> int:
-    """Set every BatchNorm layer's running statistics to the mean over windows of each window's own
-    statistics, the windows coming in batches (N, C, *spatial); leave the layers in eval mode.
+class StatisticsPasses:
+    """The statistics rule's batched passes over one working copy: :meth:`settle` and :meth:`stacked`.
 
-    The same statistics as :func:`grata_monai.norms.settle_batch_norm_statistics` given one window per
-    batch (running variance unbiased, as BatchNorm keeps it). Needs :func:`can_stack`.
-
-    Returns:
-        the number of windows seen (0 leaves the statistics unchanged).
+    Args:
+        network: an eager ``nn.BatchNorm`` network (:func:`can_stack`), held by a weak reference so a
+            cache keyed by it can hold its passes.
+        graphs: capture each kind of pass on CUDA inputs as a CUDA graph on first use and replay it
+            (the graphs share one memory pool); a kind whose capture fails warns once and runs eagerly.
     """
-    sums: dict[nn.Module, list[torch.Tensor]] = {}
 
-    def own_statistics(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def __init__(self, network: nn.Module, graphs: bool = False) -> None:
+        self._network = weakref.ref(network)
+        self.layers = batch_norm_layers(network)
+        self._index = {m: i for i, m in enumerate(self.layers)}
+        self.use_graphs = graphs
+        self.graphs: dict[tuple, tuple[torch.Tensor, torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.failed: set[tuple] = set()
+        self._pool: tuple | None = None
+        self._sums = [torch.zeros_like(t) for m in self.layers for t in _moments(m)]
+        self._affines: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # per batch size
+        self._warming = False
+
+    @property
+    def network(self) -> nn.Module:
+        return self._network()
+
+    # --- settle: each window's own statistics, averaged ------------------------------------------
+    @torch.no_grad()
+    def settle(self, batches: Iterable[torch.Tensor]) -> int:
+        """Set every BatchNorm layer's running statistics to the mean over windows of each window's
+        own statistics, the windows coming in batches (N, C, *spatial); leave the layers in eval mode.
+
+        The same statistics as :func:`grata_monai.norms.settle_batch_norm_statistics` given one window
+        per batch (running variance unbiased, as BatchNorm keeps it).
+
+        Returns:
+            the number of windows seen (0 leaves the statistics unchanged).
+        """
+        torch._foreach_zero_(self._sums)
+        n = 0
+        with _patched(self.network, self._own_statistics):
+            for batch in batches:  # only the statistics are kept: an empty output is not copied
+                self._run("settle", batch, lambda b: self.network(b)[:0])
+                n += len(batch)
+        if n:
+            torch._foreach_copy_(
+                [t for m in self.layers for t in _moments(m)], torch._foreach_div(self._sums, n)
+            )
+        for m in self.layers:
+            if n:
+                m.num_batches_tracked.fill_(n)
+            m.eval()
+        return n
+
+    def _own_statistics(self, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The patched ``forward`` of :meth:`settle`: ``x`` normalized per window, its statistics summed."""
         dims = tuple(range(2, x.ndim))
         var, mean = torch.var_mean(x.float(), dims, correction=0)
-        count = x[0, 0].numel()
-        unbiased = var * (count / max(count - 1, 1))
-        acc = sums.setdefault(
-            m, [torch.zeros_like(m.running_mean), torch.zeros_like(m.running_var)]
-        )
-        acc[0] += mean.sum(0)
-        acc[1] += unbiased.sum(0)
+        if not self._warming:
+            count = x[0, 0].numel()
+            i = 2 * self._index[m]
+            self._sums[i].add_(mean.sum(0))
+            self._sums[i + 1].add_(var.sum(0), alpha=count / max(count - 1, 1))
         return _normalize(x, *_scale_shift(m, mean, var))
 
-    n = 0
-    with _patched(network, own_statistics) as layers:
-        for batch in batches:
-            network(batch)
-            n += len(batch)
-    for m in layers:
-        if n and m in sums:
-            m.running_mean.copy_(sums[m][0] / n)
-            m.running_var.copy_(sums[m][1] / n)
-            m.num_batches_tracked.fill_(n)
-        m.eval()
-    return n
+    # --- stacked: one prediction per set of statistics ------------------------------------------
+    @contextlib.contextmanager
+    def stacked(
+        self, statistics: list[Statistics]
+    ) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+        """A function ``f(x)`` that predicts the windows ``x`` once with each set of running
+        statistics, in one pass of ``K * len(x)`` windows, the ``K`` predictions side by side along
+        the channels: ``f(x).chunk(K, 1)[k]`` is ``network(x)`` with ``statistics[k]`` loaded.
 
+        One output, so MONAI's ``SlidingWindowInferer`` aggregates the ``K`` predictions in one go.
+        Each layer's ``K`` normalizations are computed once per block. The BatchNorm layers must be
+        in eval mode.
+        """
+        k = len(statistics)
+        sets = [
+            _scale_shift(
+                m,
+                torch.stack([s[i][0] for s in statistics]),
+                torch.stack([s[i][1] for s in statistics]),
+            )
+            for i, m in enumerate(self.layers)
+        ]
+        filled: set[int] = set()
 
-@contextlib.contextmanager
-def stacked_statistics(
-    network: nn.Module, statistics: list[Statistics]
-) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
-    """A function ``f(x)`` that predicts the windows ``x`` once with each set of running statistics, in
-    one pass of ``K * len(x)`` windows, the ``K`` predictions side by side along the channels:
-    ``f(x).chunk(K, 1)[k]`` is ``network(x)`` with ``statistics[k]`` loaded.
+        @torch.no_grad()
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            if len(x) not in filled:  # each set's (scale, shift) repeated for the batch's windows
+                self._fill(sets, k, len(x))
+                filled.add(len(x))
+            return self._run(("stacked", k), x, lambda x: _side_by_side(self.network, x, k))
 
-    One output, so MONAI's ``SlidingWindowInferer`` aggregates the ``K`` predictions in one go. Each
-    layer's ``K`` normalizations are computed once per block; the BatchNorm layers must be in eval
-    mode; needs :func:`can_stack`.
-    """
-    k = len(statistics)
-    layers = batch_norm_layers(network)
-    affines = {
-        m: _scale_shift(
-            m,
-            torch.stack([s[i][0] for s in statistics]),
-            torch.stack([s[i][1] for s in statistics]),
+        with _patched(self.network, self._stacked_statistics):
+            yield predict
+
+    def _fill(self, sets: list[tuple[torch.Tensor, torch.Tensor]], k: int, rows: int) -> None:
+        """The batch size ``k * rows``'s buffers set to ``sets`` (per layer, (K, C) each)."""
+        if k * rows not in self._affines:
+            self._affines[k * rows] = [
+                tuple(t.new_empty(k * rows, *t.shape[1:]) for t in pair) for pair in sets
+            ]
+        values = [t for pair in sets for t in pair]
+        buffers = [b.view(k, rows, *b.shape[1:]) for pair in self._affines[k * rows] for b in pair]
+        torch._foreach_copy_(
+            buffers, [t.unsqueeze(1).expand_as(b) for t, b in zip(values, buffers)]
         )
-        for i, m in enumerate(layers)
-    }
-    rows_of: dict[tuple[nn.Module, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def stacked(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        rows = len(x) // k
-        if (m, rows) not in rows_of:  # ``rows`` windows per set: each set's rows repeated
-            rows_of[m, rows] = tuple(t.repeat_interleave(rows, 0) for t in affines[m])
-        return _normalize(x, *rows_of[m, rows])
+    def _stacked_statistics(self, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The patched ``forward`` of :meth:`stacked`: row ``r`` normalized by its set's statistics."""
+        return _normalize(x, *self._affines[len(x)][self._index[m]])
 
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat(network(torch.cat([x] * k)).chunk(k), 1)
+    # --- running a pass, eagerly or from its graph --------------------------------------------------
+    def _run(
+        self, kind: object, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """``fn(x)``: replayed from the graph of its kind where graphs are on and ``x`` is on CUDA."""
+        if not (self.use_graphs and x.is_cuda):
+            return fn(x)
+        key = (kind, tuple(x.shape), x.dtype, x.device, autocast_kind())
+        if key not in self.graphs and key not in self.failed:
+            self._capture(key, x, fn)
+        if key in self.failed:
+            return fn(x)
+        static_x, graph, out = self.graphs[key]
+        static_x.copy_(x)
+        graph.replay()
+        return out.clone()
 
-    with _patched(network, stacked):
-        yield predict
+    def _capture(
+        self, key: tuple, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
+        static_x, cast = x.clone(), autocast_of(key[-1])
+        self._warming = True
+        try:
+            warm_up(lambda: fn(static_x), x.device, cast)
+            self._warming = False
+            graph, out = record(lambda: fn(static_x), cast, self._pool)
+        except RuntimeError as err:  # e.g. an operation that cannot be captured
+            self.failed.add(key)
+            warnings.warn(
+                f"CUDA graph capture failed ({err}); this statistics pass runs eagerly.",
+                stacklevel=4,
+            )
+            return
+        finally:
+            self._warming = False
+        self._pool = self._pool or graph.pool()
+        self.graphs[key] = (static_x, graph, out)
+
+
+def _moments(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    return m.running_mean, m.running_var
+
+
+def _side_by_side(network: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
+    """``network`` on ``k`` copies of ``x``, the copies' outputs side by side along the channels."""
+    return torch.cat(network(torch.cat([x] * k)).chunk(k), 1)

@@ -1,9 +1,12 @@
-"""Batched BatchNorm passes give what the loops of passes give."""
+"""Batched BatchNorm passes give what the loops of passes give, eagerly and replayed from CUDA graphs."""
 
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 
+import pytest
 import torch
 
 from grata_monai.norms import (
@@ -11,13 +14,22 @@ from grata_monai.norms import (
     load_batch_norm_statistics,
     settle_batch_norm_statistics,
 )
-from grata_monai.stacked_norms import can_stack, settle_per_window, stacked_statistics
+from grata_monai.stacked_norms import StatisticsPasses, can_stack
 from tests.conftest import tiny_unet
 
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=cuda)]
 
-def _windows(n: int) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return [torch.rand(1, 1, 16, 16, 16, generator=g) * (i + 1) for i in range(n)]
+
+def _windows(n: int, device: str = "cpu", seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(1, 1, 16, 16, 16, generator=g) * (i + 1)).to(device) for i in range(n)]
+
+
+def _assert_same_statistics(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (m0, v0), (m1, v1) in zip(batch_norm_statistics(a), batch_norm_statistics(b), strict=True):
+        torch.testing.assert_close(m1, m0, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(v1, v0, rtol=1e-4, atol=1e-5)
 
 
 def test_only_eager_batch_norm_networks_stack():
@@ -26,44 +38,78 @@ def test_only_eager_batch_norm_networks_stack():
     assert not can_stack(tiny_unet(("instance", {"affine": True})))
 
 
-def test_settling_windows_in_batches_equals_one_window_at_a_time():
-    windows = _windows(5)
-    looped, batched = tiny_unet(), tiny_unet()
-    assert settle_batch_norm_statistics(looped, windows) == 5
-    assert settle_per_window(batched, [torch.cat(windows[:3]), torch.cat(windows[3:])]) == 5
-    for (m0, v0), (m1, v1) in zip(
-        batch_norm_statistics(looped), batch_norm_statistics(batched), strict=True
-    ):
-        torch.testing.assert_close(m1, m0, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(v1, v0, rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize("device", DEVICES)
+def test_settling_windows_in_batches_equals_one_window_at_a_time(device):
+    """Batches of several shapes, twice (a replay must not add to the first volume's sums)."""
+    looped, batched = tiny_unet().to(device), tiny_unet().to(device)
+    passes = StatisticsPasses(batched, graphs=True)
+    for seed in (1, 2):
+        windows = _windows(5, device, seed)
+        assert settle_batch_norm_statistics(looped, windows) == 5
+        assert passes.settle([torch.cat(windows[:3]), torch.cat(windows[3:])]) == 5
+        _assert_same_statistics(looped, batched)
     assert not any(m.training for m in batched.modules())
     assert "forward" not in vars(
         next(m for m in batched.modules() if "BatchNorm" in type(m).__name__)
     )
+    assert len(passes.graphs) == (2 if device == "cuda" else 0)
 
 
 def test_no_windows_leave_the_statistics_unchanged():
     net = tiny_unet()
     before = batch_norm_statistics(net)
-    assert settle_per_window(net, []) == 0
+    assert StatisticsPasses(net).settle([]) == 0
     for (m0, v0), (m1, v1) in zip(before, batch_norm_statistics(net)):
         assert torch.equal(m0, m1) and torch.equal(v0, v1)
 
 
-def test_stacked_statistics_predict_as_each_set_loaded_in_turn():
-    net = tiny_unet()
+def _statistics_sets(net: torch.nn.Module, seed: int) -> list:
     source = batch_norm_statistics(net)
     settled = copy.deepcopy(net)
-    settle_batch_norm_statistics(settled, _windows(3))
-    own = batch_norm_statistics(settled)
-    sets = [source, own, [(a.lerp(c, 0.5), b.lerp(d, 0.5)) for (a, b), (c, d) in zip(source, own)]]
-    x = torch.cat(_windows(2))
+    settle_batch_norm_statistics(settled, _windows(3, seed=seed))
+    own = [(m.to(s[0]), v.to(s[1])) for (m, v), s in zip(batch_norm_statistics(settled), source)]
+    return [source, own, [(a.lerp(c, 0.5), b.lerp(d, 0.5)) for (a, b), (c, d) in zip(source, own)]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_stacked_statistics_predict_as_each_set_loaded_in_turn(device):
+    """Each set's prediction, side by side along the channels; new sets and a second window count
+    give their own predictions (the graphs replay with the current values)."""
+    net = tiny_unet().to(device).eval()
+    passes = StatisticsPasses(net, graphs=True)
+    source = batch_norm_statistics(net)
     with torch.no_grad():
-        with stacked_statistics(net, sets) as predict:
-            stacked = predict(x)
-        assert stacked.shape == (2, 3 * net(x).shape[1], *x.shape[2:])
-        outputs = stacked.chunk(3, 1)
-        for statistics, out in zip(sets, outputs, strict=True):
-            load_batch_norm_statistics(net, statistics)
-            torch.testing.assert_close(out, net(x), rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(outputs[0], outputs[1])
+        for seed, n in ((1, 2), (2, 2), (3, 1)):
+            sets = _statistics_sets(net, seed)
+            x = torch.cat(_windows(n, device, seed))
+            with passes.stacked(sets) as predict:
+                stacked = predict(x)
+            assert stacked.shape == (n, 3 * net(x).shape[1], *x.shape[2:])
+            outputs = stacked.chunk(3, 1)
+            for statistics, out in zip(sets, outputs, strict=True):
+                load_batch_norm_statistics(net, statistics)
+                torch.testing.assert_close(out, net(x), rtol=1e-4, atol=1e-5)
+            load_batch_norm_statistics(net, source)
+            assert not torch.allclose(outputs[0], outputs[1])
+    assert len(passes.graphs) == (2 if device == "cuda" else 0)
+
+
+@cuda
+def test_stacked_outputs_are_not_overwritten_by_later_replays():
+    net = tiny_unet().to("cuda").eval()
+    passes = StatisticsPasses(net, graphs=True)
+    a, b = (torch.cat(_windows(2, "cuda", seed)) for seed in (1, 2))
+    with torch.no_grad(), passes.stacked(_statistics_sets(net, 1)) as predict:
+        first = predict(a)
+        kept = first.clone()
+        predict(b)
+    assert torch.equal(first, kept)
+
+
+def test_a_cache_keyed_by_the_network_does_not_keep_it_alive():
+    """The inferer keeps each working copy's passes by the copy: dropped copies free their graphs."""
+    network = tiny_unet()
+    cache = weakref.WeakKeyDictionary({network: StatisticsPasses(network, graphs=True)})
+    del network
+    gc.collect()
+    assert len(cache) == 0
