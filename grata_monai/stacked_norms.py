@@ -79,8 +79,10 @@ class StatisticsPasses:
     Args:
         network: an eager ``nn.BatchNorm`` network (:func:`can_stack`), held by a weak reference so a
             cache keyed by it can hold its passes.
-        graphs: capture each kind of pass on CUDA inputs as a CUDA graph on first use and replay it
-            (the graphs share one memory pool); a kind whose capture fails warns once and runs eagerly.
+        graphs: on CUDA inputs, capture each kind of pass as a CUDA graph the second time it comes
+            and replay it from then on (the graphs share one memory pool). A kind seen once (a
+            volume's odd last batch, one volume in a process) runs eagerly, with no capture to pay
+            for; a kind whose capture fails warns once and runs eagerly.
     """
 
     def __init__(self, network: nn.Module, graphs: bool = False) -> None:
@@ -90,6 +92,7 @@ class StatisticsPasses:
         self.use_graphs = graphs
         self.graphs: dict[tuple, tuple[torch.Tensor, torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.failed: set[tuple] = set()
+        self._seen: set[tuple] = set()
         self._pool: tuple | None = None
         self._sums = [torch.zeros_like(t) for m in self.layers for t in _moments(m)]
         self._affines: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # per batch size
@@ -196,18 +199,24 @@ class StatisticsPasses:
         if not (self.use_graphs and x.is_cuda):
             return fn(x)
         key = (kind, tuple(x.shape), x.dtype, x.device, autocast_kind())
-        if key not in self.graphs and key not in self.failed:
-            self._capture(key, x, fn)
-        if key in self.failed:
-            return fn(x)
-        static_x, graph, out = self.graphs[key]
+        graph = self.graphs.get(key)
+        if graph is None:
+            if key in self.failed or key not in self._seen:  # a kind seen once runs eagerly
+                self._seen.add(key)
+                return fn(x)
+            graph = self._capture(key, x, fn)
+            if graph is None:
+                return fn(x)
+        static_x, replay, out = graph
         static_x.copy_(x)
-        graph.replay()
+        replay.replay()
         return out.clone()
 
     def _capture(
         self, key: tuple, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]
-    ) -> None:
+    ) -> tuple[torch.Tensor, torch.cuda.CUDAGraph, torch.Tensor] | None:
+        """Warm ``fn`` up on a copy of ``x`` (the sums left alone), then capture it; None (warned)
+        when the capture fails."""
         static_x, cast = x.clone(), autocast_of(key[-1])
         self._warming = True
         try:
@@ -220,11 +229,12 @@ class StatisticsPasses:
                 f"CUDA graph capture failed ({err}); this statistics pass runs eagerly.",
                 stacklevel=4,
             )
-            return
+            return None
         finally:
             self._warming = False
         self._pool = self._pool or graph.pool()
-        self.graphs[key] = (static_x, graph, out)
+        self.graphs[key] = static_x, graph, out
+        return self.graphs[key]
 
 
 def _moments(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
