@@ -32,6 +32,7 @@ from grata_monai import defaults
 from grata_monai.alignment import StepRecord
 from grata_monai.audit import VolumeReport, attach_reports, checksum, to_host
 from grata_monai.domain import foreground_entropies, histogram_distance, volume_weight
+from grata_monai.foreach import clones, copy_
 from grata_monai.graphs import CapturedPasses
 from grata_monai.guard import DivergenceGuard, Signals, all_finite, signals
 from grata_monai.norms import (
@@ -311,6 +312,7 @@ class AdaptiveInferer(Inferer):
         self._idle = weakref.WeakKeyDictionary()  # per source network: working copies not in use
         self._graphs = weakref.WeakKeyDictionary()  # per working copy: its CapturedPasses
         self._statistics = weakref.WeakKeyDictionary()  # per working copy: its StatisticsPasses
+        self._optimizers = weakref.WeakKeyDictionary()  # per working copy: its optimizer
         self._pool_lock = threading.Lock()
 
     # --- the method: configure, adapt, reset ---------------------------------------------------
@@ -318,7 +320,7 @@ class AdaptiveInferer(Inferer):
         """A fresh episode: a copy of ``source`` with only its norm affine parameters trainable."""
         network = self.working_copy(source, device)
         params = configure_model(network, self.adapt_params)
-        opt_cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD
+        optimizer = self.optimizer_for(network, params, device)
         cuda = device.type == "cuda"
         passes = network
         if self.cuda_graphs and cuda:
@@ -327,13 +329,34 @@ class AdaptiveInferer(Inferer):
                 passes = self._graphs[network] = CapturedPasses(network, params)
         elif self.pair_patches and device.type == "cpu":
             passes = PairedPasses(network)
-        optimizer = opt_cls(params, lr=self.lr0, fused=cuda or None)
-        if cuda:  # a fused step with a tensor rate: GraTa sets its rate without a wait (given to
-            # the constructor, the tensor would be read back for its range check)
-            for group in optimizer.param_groups:
-                group["lr"] = torch.full((), self.lr0, device=device)
         rng = np.random.RandomState(self.seed)
         return Episode(source, network, params, optimizer, rng, passes)
+
+    def optimizer_for(
+        self, network: nn.Module, params: list[nn.Parameter], device: torch.device
+    ) -> torch.optim.Optimizer:
+        """An optimizer over the working copy's ``params`` in the state of a new one. It is kept
+        with the copy: Adam's state is zeroed in place (a new Adam's starts at zero), another
+        optimizer's is dropped."""
+        cuda = device.type == "cuda"
+        with self._pool_lock:
+            optimizer = self._optimizers.get(network)
+        held = [id(p) for g in optimizer.param_groups for p in g["params"]] if optimizer else []
+        if held != [id(p) for p in params]:
+            opt_cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD
+            optimizer = opt_cls(params, lr=self.lr0, fused=cuda or None)
+            with self._pool_lock:
+                self._optimizers[network] = optimizer
+        elif isinstance(optimizer, torch.optim.Adam):
+            state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+            if state:  # empty until the first step
+                torch._foreach_zero_(state)
+        else:
+            optimizer.state.clear()
+        for group in optimizer.param_groups:  # on CUDA a tensor rate: a fused step with it, set
+            # by GraTa, never waits (given to the constructor, it would be read for a range check)
+            group["lr"] = torch.full((), self.lr0, device=device) if cuda else self.lr0
+        return optimizer
 
     def working_copy(self, source: nn.Module, device: torch.device) -> nn.Module:
         """An idle copy of ``source`` on ``device``, its parameters and buffers set to the source's
@@ -350,9 +373,9 @@ class AdaptiveInferer(Inferer):
         if network is None:
             return copy.deepcopy(source).to(device, memory_format=self._memory_format(device))
         with torch.no_grad():
-            state = network.state_dict()
-            torch._foreach_copy_(
-                list(state.values()), [t.to(device) for t in source.state_dict().values()]
+            copy_(
+                list(network.state_dict().values()),
+                [t.to(device) for t in source.state_dict().values()],
             )
         return network
 
@@ -444,7 +467,7 @@ class AdaptiveInferer(Inferer):
         checks = []  # the guard's values, read with the steps' after the last step
         if self.guard is not None:
             heldout = sample()
-            theta0 = [p.detach().clone() for p in episode.params]
+            theta0 = clones(episode.params)
             checks.append(signals(episode.passes, heldout, self.sigmoid))
         records = [self.adapt_step(episode, sample()) for _ in range(self.steps)]
         if self.guard is not None:

@@ -12,6 +12,8 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from grata_monai.foreach import clones
+
 __all__ = ["StepRecord", "cosine", "dynamic_lr", "grata_step"]
 
 Loss = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -82,7 +84,7 @@ def grata_step(
     loss_aux = aux_loss(network, x)
     g_aux = reduce(torch.autograd.grad(loss_aux, params))
     # 2. perturb: theta' = theta - g_a (remember theta)
-    theta = [p.detach().clone() for p in params]
+    theta = clones(params)
     if align:
         with torch.no_grad():
             torch._foreach_add_(params, g_aux, alpha=-perturb_scale)

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from grata_monai.foreach import clones
+
 __all__ = ["CapturedPasses", "autocast_kind", "autocast_of", "record", "warm_up"]
 
 WARMUP = 2  # eager passes on a side stream before capturing (cuDNN's choices, the allocator)
@@ -60,7 +62,7 @@ class _Replay(torch.autograd.Function):
         graph.grad_out.copy_(grad)
         graph.backward.replay()
         graph.pending = False
-        return (None, None, *(g.clone() if g is not None else None for g in graph.grads))
+        return (None, None, *clones(graph.grads))
 
 
 class CapturedPasses(nn.Module):

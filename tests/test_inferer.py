@@ -513,6 +513,17 @@ def test_working_copies_are_reused_once_released_and_reset_to_the_source(unet, v
     assert torch.equal(torch.as_tensor(one), torch.as_tensor(two))
 
 
+def test_a_reused_working_copy_keeps_its_optimizer_in_the_state_of_a_new_one(unet, volume):
+    """Adam's moments and step count, left by the last volume, are zeroed in place; the rate is lr0."""
+    inferer = grata(steps=1, lr0=0.01)
+    with torch.no_grad():
+        inferer(volume, unet)
+    episode = inferer.configure(unet, torch.device("cpu"))
+    state = [t for s in episode.optimizer.state.values() for t in s.values()]
+    assert state and all(torch.count_nonzero(t) == 0 for t in state)
+    assert [g["lr"] for g in episode.optimizer.param_groups] == [0.01]
+
+
 @pytest.mark.parametrize("stacked", [False, True])
 def test_output_carries_the_batch_metadata(unet, monkeypatch, stacked):
     """The logits keep the input batch's metadata (a batch affine that decollates to each volume's),
