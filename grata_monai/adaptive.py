@@ -164,7 +164,9 @@ class AdaptiveInferer(Inferer):
         adapt_params: which parameters adapt, from ``norms.PARAM_SCOPES`` (``"norm"``: the paper's
             norm-layer affine parameters).
         cuda_graphs: on CUDA, run the adaptation's network passes as CUDA graphs, captured once per
-            working copy (:mod:`grata_monai.graphs`); False: eagerly. No effect on a CPU.
+            working copy (:mod:`grata_monai.graphs`), and the statistics rule's batched passes too,
+            each kind captured the second time it comes (:mod:`grata_monai.stacked_norms`); False:
+            eagerly. No effect on a CPU.
         channels_last: on CUDA, the working copy's weights in channels-last memory format
             (``torch.channels_last_3d`` for 3-D windows, ``torch.channels_last`` for 2-D), where
             cuDNN's convolutions are faster; the same values, so the same outputs up to rounding.

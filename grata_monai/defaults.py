@@ -53,7 +53,7 @@ WEAK_TRANSFORMS = ("flip1",)
 BATCH_VIEWS = True  # predict the weak views in one batch
 EPISODIC = True  # every volume starts from the source weights
 AMP = True  # bfloat16 autocast, on CUDA only
-# The adaptation's network passes as CUDA graphs (grata_monai.graphs), on CUDA only.
+# The adaptation's and the statistics rule's network passes as CUDA graphs, on CUDA only.
 CUDA_GRAPHS = True
 # The working copy's weights in channels-last memory format, on CUDA only: cuDNN's faster bfloat16
 # 3-D convolutions (23% less GPU time per MR volume, same Dice: docs/benchmarks/gpu_settings_h100.md).
