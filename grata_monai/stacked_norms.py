@@ -61,9 +61,8 @@ def _normalize(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> tor
 
 
 @contextlib.contextmanager
-def _patched(network: nn.Module, forward: Callable) -> Iterator[None]:
-    """Every BatchNorm layer's ``forward`` replaced by ``forward(layer, x)`` inside the block."""
-    layers = batch_norm_layers(network)
+def _patched(layers: list[nn.Module], forward: Callable) -> Iterator[None]:
+    """Each of the BatchNorm ``layers``' ``forward`` replaced by ``forward(layer, x)`` inside the block."""
     for m in layers:
         m.forward = functools.partial(forward, m)
     try:
@@ -116,7 +115,7 @@ class StatisticsPasses:
         """
         torch._foreach_zero_(self._sums)
         n = 0
-        with _patched(self.network, self._own_statistics):
+        with _patched(self.layers, self._own_statistics):
             for batch in batches:  # only the statistics are kept: an empty output is not copied
                 self._run("settle", batch, lambda b: self.network(b)[:0])
                 n += len(batch)
@@ -172,7 +171,7 @@ class StatisticsPasses:
                 filled.add(len(x))
             return self._run(("stacked", k), x, lambda x: _side_by_side(self.network, x, k))
 
-        with _patched(self.network, self._stacked_statistics):
+        with _patched(self.layers, self._stacked_statistics):
             yield predict
 
     def _fill(self, sets: list[tuple[torch.Tensor, torch.Tensor]], k: int, rows: int) -> None:
