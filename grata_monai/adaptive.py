@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -37,11 +37,13 @@ from grata_monai.graphs import CapturedPasses
 from grata_monai.guard import DivergenceGuard, Signals, all_finite, signals
 from grata_monai.norms import (
     PARAM_SCOPES,
+    batch_norm_moments,
     batch_norm_statistics,
     blend_batch_norm_statistics,
     blended_statistics,
     configure_model,
     load_batch_norm_statistics,
+    norm_layers,
     settle_batch_norm_statistics,
     use_test_statistics,
 )
@@ -119,6 +121,19 @@ class Episode:
     rng: np.random.RandomState
     passes: nn.Module
     state: dict = field(default_factory=dict)  # method-specific state, e.g. the losses
+
+
+@dataclass(eq=False)
+class _Kept:
+    """What a working copy keeps from one volume to the next, so a reused copy is reset without
+    walking its modules again. Held per copy by a weak key: nothing here references the copy itself."""
+
+    state: list[torch.Tensor]  # its parameters and buffers, in ``state_dict`` order
+    params: list[nn.Parameter] = field(default_factory=list)  # the adapted ones, once configured
+    norms: list[nn.Module] = field(default_factory=list)  # its norm layers
+    optimizer: torch.optim.Optimizer | None = None
+    graphs: CapturedPasses | None = None
+    statistics: StatisticsPasses | None = None
 
 
 class AdaptiveInferer(Inferer):
@@ -312,23 +327,27 @@ class AdaptiveInferer(Inferer):
         self._episode: Episode | None = None  # the continual state
         self._lock = threading.Lock()
         self._idle = weakref.WeakKeyDictionary()  # per source network: working copies not in use
-        self._graphs = weakref.WeakKeyDictionary()  # per working copy: its CapturedPasses
-        self._statistics = weakref.WeakKeyDictionary()  # per working copy: its StatisticsPasses
-        self._optimizers = weakref.WeakKeyDictionary()  # per working copy: its optimizer
+        self._kept: weakref.WeakKeyDictionary[nn.Module, _Kept] = weakref.WeakKeyDictionary()
         self._pool_lock = threading.Lock()
 
     # --- the method: configure, adapt, reset ---------------------------------------------------
     def configure(self, source: nn.Module, device: torch.device) -> Episode:
         """A fresh episode: a copy of ``source`` with only its norm affine parameters trainable."""
         network = self.working_copy(source, device)
-        params = configure_model(network, self.adapt_params)
+        kept = self._kept[network]
+        if not kept.params:  # a new copy: freeze all but the adapted parameters
+            kept.params, kept.norms = (
+                configure_model(network, self.adapt_params),
+                norm_layers(network),
+            )
+        else:  # a reused copy keeps them frozen
+            use_test_statistics(network, kept.norms)
+        params = kept.params
         optimizer = self.optimizer_for(network, params, device)
-        cuda = device.type == "cuda"
         passes = network
-        if self.cuda_graphs and cuda:
-            passes = self._graphs.get(network)
-            if passes is None:
-                passes = self._graphs[network] = CapturedPasses(network, params)
+        if self.cuda_graphs and device.type == "cuda":
+            kept.graphs = kept.graphs or CapturedPasses(network, params)
+            passes = kept.graphs
         elif self.pair_patches and device.type == "cpu":
             passes = PairedPasses(network)
         rng = np.random.RandomState(self.seed)
@@ -340,15 +359,12 @@ class AdaptiveInferer(Inferer):
         """An optimizer over the working copy's ``params`` in the state of a new one. It is kept
         with the copy: Adam's state is zeroed in place (a new Adam's starts at zero), another
         optimizer's is dropped."""
-        cuda = device.type == "cuda"
-        with self._pool_lock:
-            optimizer = self._optimizers.get(network)
+        cuda, kept = device.type == "cuda", self._kept[network]
+        optimizer = kept.optimizer
         held = [id(p) for g in optimizer.param_groups for p in g["params"]] if optimizer else []
         if held != [id(p) for p in params]:
             opt_cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD
-            optimizer = opt_cls(params, lr=self.lr0, fused=cuda or None)
-            with self._pool_lock:
-                self._optimizers[network] = optimizer
+            optimizer = kept.optimizer = opt_cls(params, lr=self.lr0, fused=cuda or None)
         elif isinstance(optimizer, torch.optim.Adam):
             state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
             if state:  # empty until the first step
@@ -369,16 +385,16 @@ class AdaptiveInferer(Inferer):
             device = torch.device("cuda", torch.cuda.current_device())
         with self._pool_lock:
             idle = self._idle.setdefault(source, [])
-            network = next((n for n in idle if _device_of(n) == device), None)
+            network = next((n for n in idle if _device_of(self._kept[n]) == device), None)
             if network is not None:
                 idle.remove(network)
         if network is None:
-            return copy.deepcopy(source).to(device, memory_format=self._memory_format(device))
+            network = copy.deepcopy(source).to(device, memory_format=self._memory_format(device))
+            with self._pool_lock:
+                self._kept[network] = _Kept(list(network.state_dict().values()))
+            return network
         with torch.no_grad():
-            copy_(
-                list(network.state_dict().values()),
-                [t.to(device) for t in source.state_dict().values()],
-            )
+            copy_(self._kept[network].state, [t.to(device) for t in source.state_dict().values()])
         return network
 
     def _memory_format(self, device: torch.device) -> torch.memory_format:
@@ -457,7 +473,8 @@ class AdaptiveInferer(Inferer):
         rolled back (or, continual, replaced by a fresh one) when the guard fires."""
         if self.steps == 0:
             return episode
-        use_test_statistics(episode.network)  # a continual episode left them in inference mode
+        # a continual episode left its norm layers in inference mode
+        use_test_statistics(episode.network, self._kept[episode.network].norms)
         sample = body_patches(
             volume,
             self.patch_size,
@@ -527,12 +544,9 @@ class AdaptiveInferer(Inferer):
         networks, and CPUs, where the loop is faster."""
         if not _stacks(network, device):
             return None
-        with self._pool_lock:
-            passes = self._statistics.get(network)
-            if passes is None:
-                passes = StatisticsPasses(network, graphs=self.cuda_graphs)
-                self._statistics[network] = passes
-        return passes
+        kept = self._kept[network]
+        kept.statistics = kept.statistics or StatisticsPasses(network, graphs=self.cuda_graphs)
+        return kept.statistics
 
     def least_uncertain(
         self,
@@ -547,34 +561,41 @@ class AdaptiveInferer(Inferer):
         ``settle_windows`` the candidates are compared on those windows, then the volume is predicted
         once. Eager networks on CUDA predict all candidates in one pass
         (:mod:`grata_monai.stacked_norms`), others one candidate at a time."""
-        network = episode.network
+        network, weights = episode.network, self.statistics_candidates
         tiles = self.volume_windows(volume, device)
         self.settle_volume(network, tiles, device)
-        own = batch_norm_statistics(network)
-        source = batch_norm_statistics(episode.source)
-        weights = self.statistics_candidates
-        candidates = [blended_statistics(source, own, w) for w in weights]
+        source = batch_norm_moments(episode.source)  # read only
         passes = self.statistics_passes(network, device)
-        if self.settle_windows is None:
-            outputs = _each(network, candidates, passes, lambda f: self.sliding(batch, f))
-        else:
-            outputs = _each(network, candidates, passes, lambda f: f(tiles))
+        run = (
+            (lambda f: self.sliding(batch, f))
+            if self.settle_windows is None
+            else lambda f: f(tiles)
+        )
+        if passes is not None:  # the stacked passes leave the layers' statistics as settled
+            own = batch_norm_moments(network)
+            with passes.stacked(*passes.blends(source, weights)) as predict:
+                outputs = list(run(predict).chunk(len(weights), 1))
+        else:  # one set loaded at a time, so the settled statistics are copied first
+            own = batch_norm_statistics(network)
+            candidates = [blended_statistics(source, own, w) for w in weights]
+            outputs = []
+            for statistics in candidates:
+                load_batch_norm_statistics(network, statistics)
+                outputs.append(run(network))
         entropies = foreground_entropies(outputs, self.sigmoid)
         report.statistics_entropy = {f"{w:g}": e for w, e in zip(weights, entropies)}
         best = min(range(len(weights)), key=entropies.__getitem__)
         report.volume_statistics_weight = weights[best]
         if self.settle_windows is None:
             return outputs[best]
-        load_batch_norm_statistics(network, candidates[best])
+        load_batch_norm_statistics(network, blended_statistics(source, own, weights[best]))
         return self.sliding(batch, network)
 
     def infer_volume(
         self, batch: torch.Tensor, source: nn.Module, device: torch.device
     ) -> tuple[torch.Tensor, VolumeReport]:
         """Adapt to the single volume of ``batch`` (1, C, *spatial); return its logits and report."""
-        volume = convert_to_tensor(
-            batch[0], track_meta=False
-        )  # MetaTensor ops are slow in the hot loop
+        volume = batch[0]
         amp = self.amp and device.type == "cuda"  # bfloat16 autocast on CUDA only
         graphs = self.cuda_graphs and device.type == "cuda"
         paired = self.pair_patches and device.type == "cpu"
@@ -611,11 +632,13 @@ class AdaptiveInferer(Inferer):
         """Adapt to each volume of the batch ``inputs``; return the sliding-window logits, with one
         report per volume in ``meta[audit.REPORT_KEY]``."""
         source = unwrap_network(network)
-        inputs = check_inputs(inputs, source, len(self.roi_size))
-        device = _adaptation_device(inputs, source, self.sliding.sw_device)
+        # the volumes without their metadata: MetaTensor indexing and ops are slow in the hot loop
+        plain = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        plain = check_inputs(plain, source, len(self.roi_size))
+        device = _adaptation_device(plain, source, self.sliding.sw_device)
         with contextlib.nullcontext() if self.episodic else self._lock:
             results = [
-                self.infer_volume(inputs[i : i + 1], source, device) for i in range(len(inputs))
+                self.infer_volume(plain[i : i + 1], source, device) for i in range(len(plain))
             ]
         tensors = [convert_to_tensor(r[0], track_meta=False) for r in results]
         logits = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
@@ -640,24 +663,6 @@ def _adaptation_device(
     return param.device if param is not None else inputs.device
 
 
-def _each(
-    network: nn.Module,
-    candidates: list[list[tuple[torch.Tensor, torch.Tensor]]],
-    passes: StatisticsPasses | None,
-    run: Callable[[Callable], torch.Tensor],
-) -> list[torch.Tensor]:
-    """``run(f)`` once per set of BatchNorm statistics in ``candidates``, ``f`` being the network with
-    them: all in one batched pass with ``passes``, else one set loaded at a time."""
-    if passes is not None:
-        with passes.stacked(candidates) as predict:
-            return list(run(predict).chunk(len(candidates), 1))
-    outputs = []
-    for statistics in candidates:
-        load_batch_norm_statistics(network, statistics)
-        outputs.append(run(network))
-    return outputs
-
-
 def _stacks(network: nn.Module, device: torch.device) -> bool:
     """Batched BatchNorm passes for ``network``: on CUDA, where they save kernel launches (on a CPU
     the loop of passes is faster), and for eager networks only."""
@@ -676,9 +681,8 @@ def _read(
     return steps, values[len(steps) * len(names) :]
 
 
-def _device_of(network: nn.Module) -> torch.device | None:
-    tensor = next(iter(network.state_dict().values()), None)
-    return tensor.device if tensor is not None else None
+def _device_of(kept: _Kept) -> torch.device | None:
+    return kept.state[0].device if kept.state else None
 
 
 def _seconds_since(start: float, device: torch.device) -> float:

@@ -83,6 +83,7 @@ class CapturedPasses(nn.Module):
     def __init__(self, network: nn.Module, params: Sequence[nn.Parameter]) -> None:
         super().__init__()
         self._network, self.params = weakref.ref(network), list(params)
+        self._below = list(network.modules())[1:]  # not the root: it is held by a weak reference
         self.graphs: dict[tuple, _Graph] = {}
         self.failed: set[tuple] = set()
 
@@ -105,7 +106,7 @@ class CapturedPasses(nn.Module):
         return graph.run(x)
 
     def _kind(self, x: torch.Tensor, grad: bool) -> tuple:
-        modes = tuple(m.training for m in self.network.modules())
+        modes = (self.network.training, *(m.training for m in self._below))
         return tuple(x.shape), x.dtype, x.device, grad, autocast_kind(), modes
 
     def _capture(self, key: tuple, x: torch.Tensor, grad: bool) -> _Graph | None:

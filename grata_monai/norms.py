@@ -6,7 +6,7 @@ instances of ``nn.BatchNorm3d`` etc. and are recognised by their ``original_name
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ __all__ = [
     "NORM_TYPES",
     "PARAM_SCOPES",
     "batch_norm_layers",
+    "batch_norm_moments",
     "batch_norm_statistics",
     "blend_batch_norm_statistics",
     "blended_statistics",
@@ -23,6 +24,7 @@ __all__ = [
     "find_norm_layers",
     "head_params",
     "load_batch_norm_statistics",
+    "norm_layers",
     "norm_type",
     "settle_batch_norm_statistics",
     "use_test_statistics",
@@ -83,13 +85,17 @@ def collect_params(network: nn.Module) -> tuple[list[nn.Parameter], list[str]]:
     return params, names
 
 
-def use_test_statistics(network: nn.Module) -> None:
-    """Put ``network`` in eval mode except its norm layers, which normalize with the statistics of
-    the current test batch (train mode)."""
+def norm_layers(network: nn.Module) -> list[nn.Module]:
+    """Every normalization layer of ``network`` (:data:`NORM_TYPES`), with or without affine parameters."""
+    return [m for m in network.modules() if norm_type(m)]
+
+
+def use_test_statistics(network: nn.Module, norms: Sequence[nn.Module] | None = None) -> None:
+    """Put ``network`` in eval mode except its norm layers (``norms``, found when not given), which
+    normalize with the statistics of the current test batch (train mode)."""
     network.eval()
-    for _, module in network.named_modules():
-        if norm_type(module):
-            module.train()
+    for module in norm_layers(network) if norms is None else norms:
+        module.train()
 
 
 def head_params(network: nn.Module) -> list[nn.Parameter]:
@@ -169,9 +175,14 @@ def batch_norm_layers(network: nn.Module) -> list[nn.Module]:
     ]
 
 
+def batch_norm_moments(network: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every BatchNorm layer's running (mean, var) themselves: they change as the layer's do."""
+    return [(m.running_mean, m.running_var) for m in batch_norm_layers(network)]
+
+
 def batch_norm_statistics(network: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A copy of every BatchNorm layer's running (mean, var), to restore with :func:`load_batch_norm_statistics`."""
-    return [(m.running_mean.clone(), m.running_var.clone()) for m in batch_norm_layers(network)]
+    return [(mean.clone(), var.clone()) for mean, var in batch_norm_moments(network)]
 
 
 @torch.no_grad()

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ from torch import nn
 from grata_monai.graphs import autocast_kind, autocast_of, record, warm_up
 from grata_monai.norms import batch_norm_layers
 
-__all__ = ["Statistics", "StatisticsPasses", "can_stack"]
+__all__ = ["Statistics", "StatisticsPasses", "can_stack", "flat"]
 
 Statistics = list[tuple[torch.Tensor, torch.Tensor]]  # (running_mean, running_var) per BatchNorm
 
@@ -35,6 +36,15 @@ def can_stack(network: nn.Module) -> bool:
     """True when every BatchNorm layer of ``network`` is an eager ``nn.BatchNorm`` (not scripted)."""
     layers = batch_norm_layers(network)
     return bool(layers) and all(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in layers)
+
+
+def flat(statistics: Sequence[Statistics]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``K`` sets of running statistics as (K, channels of all layers) means and variances, the
+    layers' channels one after the other."""
+    return tuple(
+        torch.stack([torch.cat([pair[j] for pair in stats]) for stats in statistics])
+        for j in (0, 1)
+    )
 
 
 def _shape(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
@@ -94,7 +104,13 @@ class StatisticsPasses:
         self._seen: set[tuple] = set()
         self._pool: tuple | None = None
         self._sums = [torch.zeros_like(t) for m in self.layers for t in _moments(m)]
-        self._affines: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # per batch size
+        sizes = [len(m.running_mean) for m in self.layers]
+        self._spans = list(zip(itertools.accumulate([0, *sizes]), sizes))  # each layer's channels
+        self._eps = torch.cat([torch.full_like(m.running_var, m.eps) for m in self.layers]).float()
+        self._buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per batch size
+        self._affines: dict[
+            int, list[tuple[torch.Tensor, torch.Tensor]]
+        ] = {}  # their layers' views
         self._warming = False
 
     @property
@@ -141,27 +157,30 @@ class StatisticsPasses:
         return _normalize(x, *_scale_shift(m, mean, var))
 
     # --- stacked: one prediction per set of statistics ------------------------------------------
+    @torch.no_grad()
+    def blends(
+        self, source: Statistics, weights: Sequence[float]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sets of running statistics that are ``weights[k]`` the layers' own and the rest
+        ``source``'s (:func:`grata_monai.norms.blended_statistics`' values), in :func:`flat`'s form."""
+        own = [torch.cat(t) for t in zip(*(_moments(m) for m in self.layers))]
+        theirs = [torch.cat(t).to(o) for t, o in zip(zip(*source), own)]
+        return tuple(torch.stack([s.lerp(o, w) for w in weights]) for s, o in zip(theirs, own))
+
     @contextlib.contextmanager
     def stacked(
-        self, statistics: list[Statistics]
+        self, means: torch.Tensor, variances: torch.Tensor
     ) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
-        """A function ``f(x)`` that predicts the windows ``x`` once with each set of running
-        statistics, in one pass of ``K * len(x)`` windows, the ``K`` predictions side by side along
-        the channels: ``f(x).chunk(K, 1)[k]`` is ``network(x)`` with ``statistics[k]`` loaded.
+        """A function ``f(x)`` that predicts the windows ``x`` once with each of ``K`` sets of running
+        statistics (:func:`flat`'s form), in one pass of ``K * len(x)`` windows, the ``K`` predictions
+        side by side along the channels: ``f(x).chunk(K, 1)[k]`` is ``network(x)`` with set ``k``
+        loaded.
 
         One output, so MONAI's ``SlidingWindowInferer`` aggregates the ``K`` predictions in one go.
-        Each layer's ``K`` normalizations are computed once per block. The BatchNorm layers must be
-        in eval mode.
+        The ``K`` normalizations of all layers are computed at once, per block. The BatchNorm layers
+        must be in eval mode.
         """
-        k = len(statistics)
-        sets = [
-            _scale_shift(
-                m,
-                torch.stack([s[i][0] for s in statistics]),
-                torch.stack([s[i][1] for s in statistics]),
-            )
-            for i, m in enumerate(self.layers)
-        ]
+        k, sets = len(means), self._scale_shift(means, variances)
         filled: set[int] = set()
 
         @torch.no_grad()
@@ -174,17 +193,30 @@ class StatisticsPasses:
         with _patched(self.layers, self._stacked_statistics):
             yield predict
 
-    def _fill(self, sets: list[tuple[torch.Tensor, torch.Tensor]], k: int, rows: int) -> None:
-        """The batch size ``k * rows``'s buffers set to ``sets`` (per layer, (K, C) each)."""
-        if k * rows not in self._affines:
+    @torch.no_grad()
+    def _scale_shift(
+        self, means: torch.Tensor, variances: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`_scale_shift` of every layer at once: (K, channels of all layers) each."""
+        scale = (variances.float() + self._eps.to(variances.device)).rsqrt()
+        shift = -means.float() * scale
+        weight = [m.weight if m.affine else torch.ones_like(m.running_mean) for m in self.layers]
+        bias = [m.bias if m.affine else torch.zeros_like(m.running_mean) for m in self.layers]
+        weight, bias = torch.cat(weight).float(), torch.cat(bias).float()
+        return scale * weight, shift * weight + bias
+
+    def _fill(self, sets: tuple[torch.Tensor, torch.Tensor], k: int, rows: int) -> None:
+        """The batch size ``k * rows``'s buffers set to ``sets`` ((K, C) each), row ``r`` to set
+        ``r // rows``; each layer reads its channels' columns."""
+        if k * rows not in self._buffers:
+            buffers = self._buffers[k * rows] = tuple(
+                t.new_empty(k * rows, t.shape[1]) for t in sets
+            )
             self._affines[k * rows] = [
-                tuple(t.new_empty(k * rows, *t.shape[1:]) for t in pair) for pair in sets
+                tuple(b[:, start : start + size] for b in buffers) for start, size in self._spans
             ]
-        values = [t for pair in sets for t in pair]
-        buffers = [b.view(k, rows, *b.shape[1:]) for pair in self._affines[k * rows] for b in pair]
-        torch._foreach_copy_(
-            buffers, [t.unsqueeze(1).expand_as(b) for t, b in zip(values, buffers)]
-        )
+        for buffer, values in zip(self._buffers[k * rows], sets):
+            buffer.view(k, rows, -1).copy_(values.unsqueeze(1).expand(k, rows, -1))
 
     def _stacked_statistics(self, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The patched ``forward`` of :meth:`stacked`: row ``r`` normalized by its set's statistics."""

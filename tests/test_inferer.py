@@ -471,11 +471,16 @@ def test_entropy_rule_batched_on_eager_networks_equals_the_scripted_loop(unet, v
     assert a["statistics_entropy"] == pytest.approx(b["statistics_entropy"], rel=1e-4)
 
 
-def test_entropy_rule_on_settle_windows_compares_there_and_predicts_once(unet, volume):
+@pytest.mark.parametrize("stacked", [False, True])
+def test_entropy_rule_on_settle_windows_compares_there_and_predicts_once(
+    unet, volume, monkeypatch, stacked
+):
     """With settle_windows the candidates are compared on those windows; the volume is then predicted
-    once, with the kept weight's statistics."""
+    once, with the kept weight's statistics (also after the candidates' batched pass)."""
+    import grata_monai.adaptive as module
     from grata_monai.audit import reports_of
 
+    monkeypatch.setattr(module, "_stacks", lambda network, device: stacked)
     rule = GraTaInferer(ROI, steps=0, norm_stats="entropy", settle_windows=2)
     with torch.no_grad():
         logits = rule(volume, unet)

@@ -11,10 +11,11 @@ import torch
 
 from grata_monai.norms import (
     batch_norm_statistics,
+    blended_statistics,
     load_batch_norm_statistics,
     settle_batch_norm_statistics,
 )
-from grata_monai.stacked_norms import StatisticsPasses, can_stack
+from grata_monai.stacked_norms import StatisticsPasses, can_stack, flat
 from tests.conftest import tiny_unet
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
@@ -86,7 +87,7 @@ def test_stacked_statistics_predict_as_each_set_loaded_in_turn(device, monkeypat
         for seed, n in ((1, 2), (2, 2), (3, 2), (4, 1)):
             sets = _statistics_sets(net, seed)
             x = torch.cat(_windows(n, device, seed))
-            with passes.stacked(sets) as predict:
+            with passes.stacked(*flat(sets)) as predict:
                 stacked = predict(x)
             assert stacked.shape == (n, 3 * net(x).shape[1], *x.shape[2:])
             outputs = stacked.chunk(3, 1)
@@ -98,12 +99,38 @@ def test_stacked_statistics_predict_as_each_set_loaded_in_turn(device, monkeypat
     assert len(passes.graphs) == (1 if device == "cuda" else 0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_blends_are_the_blended_statistics_exactly(device):
+    """Each weight's set, computed for all layers at once, has the values ``blended_statistics`` gives
+    layer by layer; the layers keep their own statistics."""
+    net, source = tiny_unet().to(device), tiny_unet().to(device)
+    settle_batch_norm_statistics(net, _windows(3, device))
+    settle_batch_norm_statistics(source, _windows(2, device, seed=5))
+    own, theirs = batch_norm_statistics(net), batch_norm_statistics(source)
+    weights = (0.0, 0.25, 0.5, 1.0)
+    means, variances = StatisticsPasses(net).blends(theirs, weights)
+    expected = flat([blended_statistics(theirs, own, w) for w in weights])
+    assert torch.equal(means, expected[0]) and torch.equal(variances, expected[1])
+    for (m0, v0), (m1, v1) in zip(own, batch_norm_statistics(net), strict=True):
+        assert torch.equal(m0, m1) and torch.equal(v0, v1)
+
+
+def test_flat_puts_each_layers_channels_one_after_the_other():
+    sets = [
+        [(torch.full((2,), 10.0 * k + i), torch.full((2,), -1.0 - i)) for i in range(3)]
+        for k in range(2)
+    ]
+    means, variances = flat(sets)
+    assert means.tolist() == [[0, 0, 1, 1, 2, 2], [10, 10, 11, 11, 12, 12]]
+    assert variances.shape == (2, 6) and variances[1, 4] == -3
+
+
 @cuda
 def test_stacked_outputs_are_not_overwritten_by_later_replays():
     net = tiny_unet().to("cuda").eval()
     passes = StatisticsPasses(net, graphs=True)
     a, b = (torch.cat(_windows(2, "cuda", seed)) for seed in (1, 2))
-    with torch.no_grad(), passes.stacked(_statistics_sets(net, 1)) as predict:
+    with torch.no_grad(), passes.stacked(*flat(_statistics_sets(net, 1))) as predict:
         predict(a)  # seen once: eager
         first = predict(b)  # captured and replayed
         kept = first.clone()
