@@ -12,9 +12,11 @@ one returned.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,9 +25,10 @@ from torch.autograd.function import once_differentiable
 
 from grata_monai.foreach import clones
 
-__all__ = ["CapturedPasses", "autocast_kind", "autocast_of", "record", "warm_up"]
+__all__ = ["CapturedPasses", "autocast_kind", "autocast_of", "capturing", "record", "warm_up"]
 
 WARMUP = 2  # eager passes on a side stream before capturing (cuDNN's choices, the allocator)
+_ONE_CAPTURE = threading.Lock()  # PyTorch supports one graph capture at a time per process
 
 
 @dataclass
@@ -138,9 +141,7 @@ class CapturedPasses(nn.Module):
         if grad:
             graph.grad_out = torch.empty_like(out)
             graph.backward = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(
-                graph.backward, pool=forward.pool(), capture_error_mode="thread_local"
-            ):
+            with capturing(graph.backward, forward.pool()):
                 grads = torch.autograd.grad(out, params, graph.grad_out, allow_unused=True)
             by_param = dict(zip(map(id, params), grads))
             graph.grads = [by_param.get(id(p)) for p in self.params]
@@ -177,6 +178,15 @@ def record(
 ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """``fn()`` captured as a CUDA graph (in the memory ``pool`` when given), and its static output."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"), cast:
+    with capturing(graph, pool), cast:
         out = fn()
     return graph, out
+
+
+@contextlib.contextmanager
+def capturing(graph: torch.cuda.CUDAGraph, pool: tuple | None = None) -> Iterator[None]:
+    """``torch.cuda.graph`` capturing into ``graph``, one capture at a time in the process (PyTorch
+    does not support concurrent captures): threads that infer at once capture in turn while the
+    others go on running. Unsafe CUDA calls fail in the capturing thread only."""
+    with _ONE_CAPTURE, torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        yield

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import threading
 import weakref
 
 import pytest
@@ -123,3 +124,33 @@ def test_grata_with_graphs_segments_as_without(volume):
         (e,), (g,) = reports_of(eager), reports_of(graphed)
         assert g["settings"]["cuda_graphs"] and not e["settings"]["cuda_graphs"]
         assert e["steps"][0]["cosine"] == pytest.approx(g["steps"][0]["cosine"], abs=1e-3)
+
+
+@cuda
+def test_threads_inferring_at_once_capture_in_turn_and_finish(volume):
+    """Three threads share one inferer and one network, each in its own CUDA stream, as hosts serve
+    requests at once: each working copy captures its graphs while the others run, every thread
+    finishes, and each gets the labels of a call made alone."""
+    unet, x = tiny_unet().cuda(), volume.cuda()
+    inferer = GraTaInferer(roi_size=(16, 16, 16), patches_per_step=2, norm_stats="entropy")
+    with torch.no_grad():
+        alone = inferer(x, unet).argmax(1)
+    inferer = GraTaInferer(roi_size=(16, 16, 16), patches_per_step=2, norm_stats="entropy")
+    labels: list[torch.Tensor] = []
+
+    def infer() -> None:
+        with torch.cuda.stream(torch.cuda.Stream()), torch.no_grad():
+            for _ in range(3):  # a kind of pass is captured on its first or second sight
+                out = inferer(x, unet).argmax(1)
+            torch.cuda.current_stream().synchronize()
+            labels.append(out)
+
+    threads = [threading.Thread(target=infer, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "an inferring thread never finished"
+    assert len(labels) == 3
+    for out in labels:
+        assert (out == alone).float().mean() > 0.999
