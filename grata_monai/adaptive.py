@@ -361,8 +361,7 @@ class AdaptiveInferer(Inferer):
         optimizer's is dropped."""
         cuda, kept = device.type == "cuda", self._kept[network]
         optimizer = kept.optimizer
-        held = [id(p) for g in optimizer.param_groups for p in g["params"]] if optimizer else []
-        if held != [id(p) for p in params]:
+        if optimizer is None:  # the copy's params are kept with it, so its optimizer holds them
             opt_cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD
             optimizer = kept.optimizer = opt_cls(params, lr=self.lr0, fused=cuda or None)
         elif isinstance(optimizer, torch.optim.Adam):
@@ -633,12 +632,12 @@ class AdaptiveInferer(Inferer):
         report per volume in ``meta[audit.REPORT_KEY]``."""
         source = unwrap_network(network)
         # the volumes without their metadata: MetaTensor indexing and ops are slow in the hot loop
-        plain = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-        plain = check_inputs(plain, source, len(self.roi_size))
-        device = _adaptation_device(plain, source, self.sliding.sw_device)
+        volumes = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        volumes = check_inputs(volumes, source, len(self.roi_size))
+        device = _adaptation_device(volumes, source, self.sliding.sw_device)
         with contextlib.nullcontext() if self.episodic else self._lock:
             results = [
-                self.infer_volume(plain[i : i + 1], source, device) for i in range(len(plain))
+                self.infer_volume(volumes[i : i + 1], source, device) for i in range(len(volumes))
             ]
         tensors = [convert_to_tensor(r[0], track_meta=False) for r in results]
         logits = tensors[0] if len(tensors) == 1 else torch.cat(tensors)

@@ -27,7 +27,7 @@ from torch import nn
 from grata_monai.graphs import autocast_kind, autocast_of, record, warm_up
 from grata_monai.norms import batch_norm_layers
 
-__all__ = ["Statistics", "StatisticsPasses", "can_stack", "flat"]
+__all__ = ["Statistics", "StatisticsPasses", "can_stack"]
 
 Statistics = list[tuple[torch.Tensor, torch.Tensor]]  # (running_mean, running_var) per BatchNorm
 
@@ -38,29 +38,24 @@ def can_stack(network: nn.Module) -> bool:
     return bool(layers) and all(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in layers)
 
 
-def flat(statistics: Sequence[Statistics]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``K`` sets of running statistics as (K, channels of all layers) means and variances, the
-    layers' channels one after the other."""
-    return tuple(
-        torch.stack([torch.cat([pair[j] for pair in stats]) for stats in statistics])
-        for j in (0, 1)
-    )
-
-
 def _shape(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
     """``stats`` (N, C) broadcast against ``x`` (N, C, *spatial)."""
     return stats.reshape(*stats.shape, *([1] * (x.ndim - 2)))
 
 
 def _scale_shift(
-    m: nn.Module, mean: torch.Tensor, var: torch.Tensor
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    eps: float | torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row ``scale`` and ``shift`` (N, C, float32) that normalize by ``mean`` and ``var`` (N, C)
-    and then apply ``m``'s affine map."""
-    scale = (var.float() + m.eps).rsqrt()
+    and then apply the affine map ``weight``, ``bias`` (C; None: none)."""
+    scale = (var.float() + eps).rsqrt()
     shift = -mean.float() * scale
-    if m.affine:
-        scale, shift = scale * m.weight.float(), shift * m.weight.float() + m.bias.float()
+    if weight is not None:
+        scale, shift = scale * weight.float(), shift * weight.float() + bias.float()
     return scale, shift
 
 
@@ -108,9 +103,8 @@ class StatisticsPasses:
         self._spans = list(zip(itertools.accumulate([0, *sizes]), sizes))  # each layer's channels
         self._eps = torch.cat([torch.full_like(m.running_var, m.eps) for m in self.layers]).float()
         self._buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per batch size
-        self._affines: dict[
-            int, list[tuple[torch.Tensor, torch.Tensor]]
-        ] = {}  # their layers' views
+        # per batch size, each layer's views of those buffers
+        self._affines: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._warming = False
 
     @property
@@ -154,7 +148,8 @@ class StatisticsPasses:
             i = 2 * self._index[m]
             self._sums[i].add_(mean.sum(0))
             self._sums[i + 1].add_(var.sum(0), alpha=count / max(count - 1, 1))
-        return _normalize(x, *_scale_shift(m, mean, var))
+        affine = (m.weight, m.bias) if m.affine else (None, None)
+        return _normalize(x, *_scale_shift(mean, var, m.eps, *affine))
 
     # --- stacked: one prediction per set of statistics ------------------------------------------
     @torch.no_grad()
@@ -162,7 +157,8 @@ class StatisticsPasses:
         self, source: Statistics, weights: Sequence[float]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The sets of running statistics that are ``weights[k]`` the layers' own and the rest
-        ``source``'s (:func:`grata_monai.norms.blended_statistics`' values), in :func:`flat`'s form."""
+        ``source``'s (:func:`grata_monai.norms.blended_statistics`' values), in :meth:`stacked`'s
+        form."""
         own = [torch.cat(t) for t in zip(*(_moments(m) for m in self.layers))]
         theirs = [torch.cat(t).to(o) for t, o in zip(zip(*source), own)]
         return tuple(torch.stack([s.lerp(o, w) for w in weights]) for s, o in zip(theirs, own))
@@ -172,9 +168,10 @@ class StatisticsPasses:
         self, means: torch.Tensor, variances: torch.Tensor
     ) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
         """A function ``f(x)`` that predicts the windows ``x`` once with each of ``K`` sets of running
-        statistics (:func:`flat`'s form), in one pass of ``K * len(x)`` windows, the ``K`` predictions
-        side by side along the channels: ``f(x).chunk(K, 1)[k]`` is ``network(x)`` with set ``k``
-        loaded.
+        statistics, in one pass of ``K * len(x)`` windows, the ``K`` predictions side by side along
+        the channels: ``f(x).chunk(K, 1)[k]`` is ``network(x)`` with set ``k`` loaded. A set is row
+        ``k`` of ``means`` and ``variances`` (K, channels of all layers, the layers' one after the
+        other).
 
         One output, so MONAI's ``SlidingWindowInferer`` aggregates the ``K`` predictions in one go.
         The ``K`` normalizations of all layers are computed at once, per block. The BatchNorm layers
@@ -198,12 +195,10 @@ class StatisticsPasses:
         self, means: torch.Tensor, variances: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`_scale_shift` of every layer at once: (K, channels of all layers) each."""
-        scale = (variances.float() + self._eps.to(variances.device)).rsqrt()
-        shift = -means.float() * scale
         weight = [m.weight if m.affine else torch.ones_like(m.running_mean) for m in self.layers]
         bias = [m.bias if m.affine else torch.zeros_like(m.running_mean) for m in self.layers]
-        weight, bias = torch.cat(weight).float(), torch.cat(bias).float()
-        return scale * weight, shift * weight + bias
+        eps = self._eps.to(variances.device)
+        return _scale_shift(means, variances, eps, torch.cat(weight), torch.cat(bias))
 
     def _fill(self, sets: tuple[torch.Tensor, torch.Tensor], k: int, rows: int) -> None:
         """The batch size ``k * rows``'s buffers set to ``sets`` ((K, C) each), row ``r`` to set

@@ -15,11 +15,20 @@ from grata_monai.norms import (
     load_batch_norm_statistics,
     settle_batch_norm_statistics,
 )
-from grata_monai.stacked_norms import StatisticsPasses, can_stack, flat
+from grata_monai.stacked_norms import StatisticsPasses, can_stack
 from tests.conftest import tiny_unet
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 DEVICES = ["cpu", pytest.param("cuda", marks=cuda)]
+
+
+def flat(statistics: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sets of running statistics in ``StatisticsPasses.stacked``'s form: (K, channels of all
+    layers) means and variances."""
+    return tuple(
+        torch.stack([torch.cat([pair[j] for pair in stats]) for stats in statistics])
+        for j in (0, 1)
+    )
 
 
 def _windows(n: int, device: str = "cpu", seed: int = 1) -> list[torch.Tensor]:
@@ -99,6 +108,24 @@ def test_stacked_statistics_predict_as_each_set_loaded_in_turn(device, monkeypat
     assert len(passes.graphs) == (1 if device == "cuda" else 0)
 
 
+def test_batch_norms_without_affine_maps_settle_and_predict_as_the_loops():
+    """Layers without weight and bias normalize only, in both batched passes."""
+    looped, batched = (tiny_unet(("batch", {"affine": False})) for _ in range(2))
+    windows = _windows(3)
+    settle_batch_norm_statistics(looped, windows)
+    passes = StatisticsPasses(batched)
+    passes.settle([torch.cat(windows)])
+    _assert_same_statistics(looped, batched)
+    sets = _statistics_sets(looped, 2)
+    x = torch.cat(_windows(2, seed=4))
+    with torch.no_grad(), passes.stacked(*flat(sets)) as predict:
+        outputs = predict(x).chunk(3, 1)
+    with torch.no_grad():
+        for statistics, out in zip(sets, outputs, strict=True):
+            load_batch_norm_statistics(looped, statistics)
+            torch.testing.assert_close(out, looped(x), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_blends_are_the_blended_statistics_exactly(device):
     """Each weight's set, computed for all layers at once, has the values ``blended_statistics`` gives
@@ -113,16 +140,6 @@ def test_blends_are_the_blended_statistics_exactly(device):
     assert torch.equal(means, expected[0]) and torch.equal(variances, expected[1])
     for (m0, v0), (m1, v1) in zip(own, batch_norm_statistics(net), strict=True):
         assert torch.equal(m0, m1) and torch.equal(v0, v1)
-
-
-def test_flat_puts_each_layers_channels_one_after_the_other():
-    sets = [
-        [(torch.full((2,), 10.0 * k + i), torch.full((2,), -1.0 - i)) for i in range(3)]
-        for k in range(2)
-    ]
-    means, variances = flat(sets)
-    assert means.tolist() == [[0, 0, 1, 1, 2, 2], [10, 10, 11, 11, 12, 12]]
-    assert variances.shape == (2, 6) and variances[1, 4] == -3
 
 
 @cuda
