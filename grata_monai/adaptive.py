@@ -50,6 +50,7 @@ from grata_monai.norms import (
 from grata_monai.pairs import PairedPasses
 from grata_monai.sampling import body_patches, windows
 from grata_monai.stacked_norms import StatisticsPasses, can_stack
+from grata_monai.turns import TURNS
 
 __all__ = ["NORM_STATS", "AdaptiveInferer", "Episode", "check_inputs", "unwrap_network"]
 
@@ -402,6 +403,12 @@ class AdaptiveInferer(Inferer):
             return torch.preserve_format
         return torch.channels_last_3d if len(self.roi_size) == 3 else torch.channels_last
 
+    def _turn(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """A running turn on the GPU where this call may capture CUDA graphs (:mod:`grata_monai.turns`)."""
+        if self.cuda_graphs and device.type == "cuda":
+            return TURNS.running()
+        return contextlib.nullcontext()
+
     def release(self, episode: Episode) -> None:
         """Give ``episode``'s working copy back for the next volume (episodic calls, once done)."""
         with self._pool_lock:
@@ -633,14 +640,15 @@ class AdaptiveInferer(Inferer):
         source = unwrap_network(network)
         # the volumes without their metadata: MetaTensor indexing and ops are slow in the hot loop
         volumes = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-        volumes = check_inputs(volumes, source, len(self.roi_size))
         device = _adaptation_device(volumes, source, self.sliding.sw_device)
-        with contextlib.nullcontext() if self.episodic else self._lock:
+        # a continual call waits for the stream's lock before it takes a turn on the GPU
+        with contextlib.nullcontext() if self.episodic else self._lock, self._turn(device):
+            volumes = check_inputs(volumes, source, len(self.roi_size))
             results = [
                 self.infer_volume(volumes[i : i + 1], source, device) for i in range(len(volumes))
             ]
-        tensors = [convert_to_tensor(r[0], track_meta=False) for r in results]
-        logits = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+            tensors = [convert_to_tensor(r[0], track_meta=False) for r in results]
+            logits = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
         if isinstance(inputs, MetaTensor):  # the batch's metadata, whichever pass gave the logits
             logits = convert_to_dst_type(logits, inputs, device=logits.device)[0]
         return attach_reports(logits, [r[1] for r in results])

@@ -13,7 +13,6 @@ one returned.
 from __future__ import annotations
 
 import contextlib
-import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -24,11 +23,11 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from grata_monai.foreach import clones
+from grata_monai.turns import TURNS
 
 __all__ = ["CapturedPasses", "autocast_kind", "autocast_of", "capturing", "record", "warm_up"]
 
 WARMUP = 2  # eager passes on a side stream before capturing (cuDNN's choices, the allocator)
-_ONE_CAPTURE = threading.Lock()  # PyTorch supports one graph capture at a time per process
 
 
 @dataclass
@@ -185,8 +184,7 @@ def record(
 
 @contextlib.contextmanager
 def capturing(graph: torch.cuda.CUDAGraph, pool: tuple | None = None) -> Iterator[None]:
-    """``torch.cuda.graph`` capturing into ``graph``, one capture at a time in the process (PyTorch
-    does not support concurrent captures): threads that infer at once capture in turn while the
-    others go on running. Unsafe CUDA calls fail in the capturing thread only."""
-    with _ONE_CAPTURE, torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+    """``torch.cuda.graph`` capturing into ``graph`` while no other thread runs an inferer
+    (:data:`~grata_monai.turns.TURNS`). Unsafe CUDA calls fail in the capturing thread only."""
+    with TURNS.alone(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
         yield
