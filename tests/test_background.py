@@ -104,3 +104,30 @@ def test_the_run_waits_for_its_last_writes(tmp_path):
 def test_bad_thread_counts_are_refused(threads):
     with pytest.raises(ValueError, match="write_threads"):
         BackgroundWrites(Compose([]), threads)
+
+
+def test_a_write_waits_for_a_capture_under_way(tmp_path, monkeypatch):
+    """A background write copies its label map off the device in a running turn: not while the
+    inferer captures CUDA graphs in another thread (grata_monai.turns)."""
+    from grata_monai import turns
+
+    fresh = turns.Turns()
+    monkeypatch.setattr("grata_monai.bundle.background.TURNS", fresh)
+    writes = BackgroundWrites(_postprocessing(tmp_path), 1)
+    capturing, done = threading.Event(), threading.Event()
+
+    def capture() -> None:
+        with fresh.alone():
+            capturing.set()
+            done.wait(5)
+
+    holder = threading.Thread(target=capture, daemon=True)
+    holder.start()
+    assert capturing.wait(5)
+    writes(_item(0))
+    time.sleep(0.3)
+    assert not (tmp_path / "vol_0_seg.nii.gz").exists()
+    done.set()
+    writes.wait()
+    holder.join(5)
+    assert (tmp_path / "vol_0_seg.nii.gz").exists()

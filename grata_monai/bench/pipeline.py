@@ -38,6 +38,7 @@ from monai.transforms import (
 from torch.utils.data import DataLoader, Dataset
 
 from grata_monai.audit import reports_of
+from grata_monai.turns import TURNS
 
 __all__ = [
     "STAGES",
@@ -257,7 +258,8 @@ class Pipeline:
         dev = self.device
         clock = time.perf_counter()
         if self.device_preprocessing:
-            data = self.preprocess(data)
+            with TURNS.running():  # GPU work, in turn with the inferer's captures in other threads
+                data = self.preprocess(data)
             _sync(dev)
             times["preprocess"] = time.perf_counter() - clock
             clock = time.perf_counter()
@@ -283,9 +285,11 @@ class Pipeline:
     def finish(self, batch: dict, pred: torch.Tensor, times: dict) -> None:
         """Post-process and write one volume; ``times`` gets both stages' seconds."""
         clock = time.perf_counter()
-        pairs = [
-            engine_apply_transform(b, o, self.postprocess) for b, o in self._outputs(batch, pred)
-        ]
+        with TURNS.running():  # GPU work, in turn with the inferer's captures in other threads
+            pairs = [
+                engine_apply_transform(b, o, self.postprocess)
+                for b, o in self._outputs(batch, pred)
+            ]
         times["postprocess"] = time.perf_counter() - clock
         clock = time.perf_counter()
         for b, o in pairs:
@@ -299,10 +303,11 @@ class Pipeline:
         to ``processes`` for the rest and the writing. Returns the wait for them, which puts both
         stages' seconds in ``times``."""
         clock = time.perf_counter()
-        pairs = [
-            engine_apply_transform(b, o, self.to_labels) for b, o in self._outputs(batch, pred)
-        ]
-        labels = [{"pred": o["pred"].cpu()} for _, o in pairs]
+        with TURNS.running():  # GPU work, in turn with the inferer's captures in other threads
+            pairs = [
+                engine_apply_transform(b, o, self.to_labels) for b, o in self._outputs(batch, pred)
+            ]
+            labels = [{"pred": o["pred"].cpu()} for _, o in pairs]
         here = time.perf_counter() - clock
         future = processes.submit(_finish_on_host, labels)
 

@@ -16,8 +16,11 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import torch
 from ignite.engine import Events
 from monai.transforms import Compose, SaveImaged
+
+from grata_monai.turns import TURNS
 
 __all__ = ["BackgroundWrites"]
 
@@ -33,6 +36,12 @@ class _InBackground:
     def _write(self, data: dict) -> None:
         if not hasattr(self.local, "write"):
             self.local.write = copy.deepcopy(self.write)
+        with (
+            TURNS.running()
+        ):  # what it writes, copied off the GPU in turn with the inferer's captures
+            for key in self.write.keys:
+                if isinstance(data.get(key), torch.Tensor):
+                    data[key] = data[key].cpu()
         self.local.write(data)
 
     def __call__(self, data: Mapping) -> Mapping:
