@@ -67,9 +67,11 @@ BLEND_RANGE = (0.45, 0.55)
 # The bundle's statistics rule, norm_stats="entropy" (grata_monai.domain.foreground_entropy): predict with
 # each of these weights of the volume's own statistics (0: the source's, 1: the volume's) and keep the
 # least uncertain prediction. Chosen on the CT model's dev volumes, held out on MR-trained models
-# (docs/benchmarks/study.md); it needs no source data, so it holds for any source model.
+# (docs/benchmarks/directions.md); it needs no source data, so it holds for any source model. The half
+# blend of bundles <= 0.3.8 was never kept on those dev volumes: without it the same Dice, one
+# prediction fewer (docs/benchmarks/adapt_profile_h100_two_candidates.json).
 BUNDLE_NORM_STATS = "entropy"
-STATISTICS_CANDIDATES = (0.0, 0.5, 1.0)
+STATISTICS_CANDIDATES = (0.0, 1.0)
 HISTOGRAM_BINS = 32
 BODY_FLOOR = 0.05  # intensities above it (after the bundle's [0, 1] scaling) count as body
 
@@ -119,7 +121,7 @@ DEVICE_SETTINGS = {
         "weak_transforms": ("flip1",),
         "guard": True,
         "settle_windows": 2,
-        "statistics_candidates": (0.0, 1.0),
+        "statistics_candidates": STATISTICS_CANDIDATES,
         "pair_patches": True,
     },
 }

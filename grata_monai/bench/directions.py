@@ -20,7 +20,7 @@ import numpy as np
 from grata_monai import defaults
 from grata_monai.domain import volume_weight
 
-__all__ = ["RULES", "rule_dice", "choose_rule", "summarize_set", "write_directions"]
+__all__ = ["PREDICTIONS", "RULES", "rule_dice", "choose_rule", "summarize_set", "write_directions"]
 
 PP = ("raw", "lcc", "layout")
 THREE = ("0", "0.5", "1")  # source, half blend, own
@@ -42,8 +42,11 @@ RULES: dict[str, Callable[[Mapping], str]] = {
     "histogram (auto)": lambda e: _nearest(
         volume_weight(e["signals"]["histogram_distance"], defaults.BLEND_RANGE)
     ),
-    "entropy of 0/0.5/1 (bundle)": lambda e: min(
+    "entropy of 0/0.5/1 (bundle 0.3.8)": lambda e: min(
         THREE, key=lambda a: e["candidates"][a]["entropy_fg"]
+    ),
+    "entropy of 0/1 (bundle)": lambda e: min(
+        ("0", "1"), key=lambda a: e["candidates"][a]["entropy_fg"]
     ),
     "entropy of 5 blends": lambda e: min(
         ("0", "0.25", "0.5", "0.75", "1"), key=lambda a: e["candidates"][a]["entropy_fg"]
@@ -52,7 +55,19 @@ RULES: dict[str, Callable[[Mapping], str]] = {
         THREE, key=lambda a: e["candidates"][a]["removed_fraction"]["layout"]
     ),
 }
-DEFAULT_RULE = "entropy of 0/0.5/1 (bundle)"
+DEFAULT_RULE = "entropy of 0/1 (bundle)"
+# predictions of the volume each rule needs: among rules of equal Dice the cheapest is chosen
+PREDICTIONS = {
+    "source": 1,
+    "half": 1,
+    "own": 1,
+    "ensemble": 3,
+    "histogram (auto)": 1,
+    "entropy of 0/0.5/1 (bundle 0.3.8)": 3,
+    "entropy of 0/1 (bundle)": 2,
+    "entropy of 5 blends": 5,
+    "least removed by post-processing": 3,
+}
 
 
 def rule_dice(entry: Mapping, rule: str, pp: str) -> float:
@@ -100,9 +115,11 @@ CALIBRATED = (
 
 def choose_rule(tuning: Mapping[str, dict], sets: tuple[str, ...]) -> str:
     """The rule with the best mean Dice (layout post-processing) over the tuning ``sets`` (the CT
-    model's dev MR and ``ct_val``), among the rules with no threshold fitted to one source model."""
+    model's dev MR and ``ct_val``), among the rules with no threshold fitted to one source model;
+    of rules with the same Dice, the one with the fewest predictions per volume."""
     pool = [r for r in RULES if r not in CALIBRATED]
-    return max(pool, key=lambda r: float(np.mean([tuning[s]["mean"][r]["layout"] for s in sets])))
+    dice = {r: float(np.mean([tuning[s]["mean"][r]["layout"] for s in sets])) for r in pool}
+    return min(pool, key=lambda r: (-dice[r], PREDICTIONS[r]))
 
 
 def _load(files: list[str | Path]) -> dict:
@@ -178,7 +195,8 @@ def _markdown(result: dict) -> str:
         "",
         "Rule chosen on the CT model's direction only: the best mean of its two sets (layout post-processing) "
         "among the rules with no threshold fitted to one source model (the histogram rule's blend range was "
-        f"fitted to the CT model's data): **{result['chosen_on_ct_model']}**. The MR-model rows are held out.",
+        "fitted to the CT model's data), and of rules with the same Dice the one with the fewest predictions "
+        f"per volume: **{result['chosen_on_ct_model']}**. The MR-model rows are held out.",
         "",
     ]
     for name, s in result["sets"].items():
