@@ -129,8 +129,8 @@ def test_grata_with_graphs_segments_as_without(volume):
 @cuda
 def test_threads_inferring_at_once_capture_in_turn_and_finish(volume):
     """Three threads share one inferer and one network, each in its own CUDA stream, as hosts serve
-    requests at once: each working copy captures its graphs while the others run, every thread
-    finishes, and each gets the labels of a call made alone."""
+    requests at once: each working copy captures its graphs while the others wait (grata_monai.turns),
+    every thread finishes, and each gets the labels of a call made alone."""
     unet, x = tiny_unet().cuda(), volume.cuda()
     inferer = GraTaInferer(roi_size=(16, 16, 16), patches_per_step=2, norm_stats="entropy")
     with torch.no_grad():
