@@ -404,10 +404,9 @@ class AdaptiveInferer(Inferer):
         return torch.channels_last_3d if len(self.roi_size) == 3 else torch.channels_last
 
     def _turn(self, device: torch.device) -> contextlib.AbstractContextManager:
-        """A running turn on the GPU where this call may capture CUDA graphs (:mod:`grata_monai.turns`)."""
-        if self.cuda_graphs and device.type == "cuda":
-            return TURNS.running()
-        return contextlib.nullcontext()
+        """A running turn on CUDA, where another thread's inferer may capture CUDA graphs
+        (:mod:`grata_monai.turns`); nothing on a CPU."""
+        return TURNS.running() if device.type == "cuda" else contextlib.nullcontext()
 
     def release(self, episode: Episode) -> None:
         """Give ``episode``'s working copy back for the next volume (episodic calls, once done)."""

@@ -36,9 +36,8 @@ class _InBackground:
     def _write(self, data: dict) -> None:
         if not hasattr(self.local, "write"):
             self.local.write = copy.deepcopy(self.write)
-        with (
-            TURNS.running()
-        ):  # what it writes, copied off the GPU in turn with the inferer's captures
+        # what it writes, copied off the GPU in turn with the inferer's captures
+        with TURNS.running():
             for key in self.write.keys:
                 if isinstance(data.get(key), torch.Tensor):
                     data[key] = data[key].cpu()
