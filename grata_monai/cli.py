@@ -3,7 +3,7 @@
 User commands: ``segment`` (the bundle's inference on a folder or one file), ``wrap`` (GraTa for
 any MONAI bundle) and ``dice``. Project tooling (``grata_monai.bench``): ``cache``, ``benchmark``,
 ``source``, ``study``, ``reference``, ``volumes``, ``report``, ``candidates``, ``directions``,
-``throughput``. Each command's ``--help`` shows its
+``throughput``, ``throughput_log``. Each command's ``--help`` shows its
 docstring as plain text.
 """
 
@@ -29,6 +29,7 @@ from grata_monai.bench.methods import METHODS
 from grata_monai.bench.report import write_report
 from grata_monai.bench.study import run_study
 from grata_monai.bench.throughput import run_throughput
+from grata_monai.bench.throughput_log import write_throughput_log
 from grata_monai.bundle.io import as_bool
 from grata_monai.bundle.wrap import wrap_command
 
@@ -155,6 +156,7 @@ COMMANDS = {
     "candidates": command(run_candidates, quiet=True),
     "directions": command(write_directions, quiet=True),
     "throughput": command(run_throughput, quiet=True),
+    "throughput_log": command(write_throughput_log, quiet=True),
 }
 
 
