@@ -57,6 +57,10 @@ def write_throughput_log(results_dir: str = "docs/benchmarks", out: str | None =
     """The table of every ``throughput_*.json`` in ``results_dir``, written to ``out`` (default
     ``<results_dir>/throughput.md``); returns the page.
 
+    Args:
+        results_dir: the folder of the runs' ``throughput_*.json`` files (and their pages).
+        out: the table's file; default ``<results_dir>/throughput.md``.
+
     Raises:
         FileNotFoundError: ``results_dir`` holds no throughput results.
     """
