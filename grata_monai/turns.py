@@ -7,7 +7,9 @@ crashed the process (segmentation fault) while another thread ended a capture. S
 inferer on CUDA holds a *running* turn, shared with the other threads, and a capture waits until no
 other thread is running and keeps new ones waiting until it is done (:data:`TURNS`).
 
-GPU work of the host outside the inferer (its own pre- and post-processing) is not held back.
+GPU work of a host outside the inferer (its own pre- and post-processing) waits for a capture
+only where it takes a running turn itself, as the bundle's background writes and the throughput
+pipeline do.
 """
 
 from __future__ import annotations

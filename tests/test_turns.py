@@ -68,7 +68,7 @@ def test_a_capture_waits_for_running_threads_and_keeps_new_ones_out():
 
 def test_running_threads_that_capture_take_turns_without_deadlock():
     turns = Turns()
-    inside = []  # threads capturing at the same moment
+    inside, most, captures = [], [], []  # threads capturing now, the most at once, captures done
     both_running = threading.Barrier(2, timeout=WAIT)
 
     def infer() -> None:
@@ -76,16 +76,17 @@ def test_running_threads_that_capture_take_turns_without_deadlock():
             both_running.wait()  # each holds a running turn when it comes to its capture
             with turns.alone():
                 inside.append(threading.get_ident())
-                assert len(inside) == 1
+                most.append(len(inside))
                 time.sleep(0.05)
                 inside.remove(threading.get_ident())
             with turns.running():  # nested: the thread's turn is kept
-                pass
+                captures.append(1)
 
     threads = [_start(infer) for _ in range(2)]
     for t in threads:
         t.join(WAIT)
     assert not any(t.is_alive() for t in threads)
+    assert max(most) == 1 and len(captures) == 2  # one capture at a time, both finished
     assert turns.running_threads == 0
 
 
